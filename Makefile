@@ -1,0 +1,29 @@
+# Every target sets up its own virtual environment: nothing depends on what the machine has.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-test
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml constraints/tested.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints/tested.txt -e ".[test]"
+	touch $@
+
+## demo: the main job - the example release DAG in a real Airflow against the ECR double's server
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+## test: the whole suite (pytest exit 5, "no tests collected", is a failure)
+test: $(STAMP)
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+## bench: benchmarks against the ECR double's HTTP server; writes benchmarks/RESULTS.md
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache

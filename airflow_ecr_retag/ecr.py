@@ -1,0 +1,183 @@
+"""Airflow-free ECR primitives over a boto3 (or aiobotocore-shaped) ECR client.
+
+Read: :func:`fetch_images` (BatchGetImage, 100 references a call, all manifest media types
+accepted so ECR never translates), :func:`describe_image`, :func:`describe_all` (the
+DescribeImages paginator). Write: :func:`put_tag`, :func:`remove_tags`. Every optional API
+argument goes through ``prune_dict``-style pruning, so ``registry_id=None`` means the
+caller's own registry.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_ecr_retag.exceptions import DigestMismatchError, ImmutableTagError, error_code
+from airflow_ecr_retag.manifests import MANIFEST_MEDIA_TYPES, declared_media_type, manifest_digest
+
+log = logging.getLogger(__name__)
+
+#: imageIds per BatchGetImage, BatchDeleteImage and DescribeImages call.
+MAX_IMAGE_IDS = 100
+#: DescribeImages page size used for whole-repository reads.
+DESCRIBE_PAGE_SIZE = 1000
+
+
+def pruned(**params: Any) -> dict[str, Any]:
+    """The API arguments that are set (the provider's ``prune_dict`` without an Airflow import)."""
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def chunks(items: Sequence[Any], size: int = MAX_IMAGE_IDS) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def ref(tag: str | None = None, digest: str | None = None) -> dict[str, str]:
+    """An ECR ``imageId`` reference."""
+    return pruned(imageTag=tag, imageDigest=digest)
+
+
+def ref_key(image_id: dict[str, str]) -> tuple[str, str]:
+    """How a BatchGetImage answer is matched to its request: by tag when one was asked for."""
+    if "imageTag" in image_id:
+        return ("tag", image_id["imageTag"])
+    return ("digest", image_id.get("imageDigest", ""))
+
+
+@dataclass(frozen=True)
+class FetchedImage:
+    """A manifest as ECR returned it: the exact string, never re-serialised."""
+
+    digest: str
+    manifest: str
+    media_type: str
+    registry_id: str
+
+    def verify(self, what: str) -> None:
+        """Check that sha256(manifest) is the digest; nothing is written when it is not."""
+        actual = manifest_digest(self.manifest)
+        if actual != self.digest:
+            raise DigestMismatchError(
+                f"{what}: ECR reported {self.digest} but the manifest bytes hash to {actual}; "
+                "refusing to write a different image"
+            )
+
+
+def fetch_images(
+    client: Any, repository_name: str, refs: Sequence[dict[str, str]], registry_id: str | None = None
+) -> tuple[dict[tuple[str, str], FetchedImage], dict[tuple[str, str], dict[str, Any]]]:
+    """BatchGetImage for ``refs`` (100 a call), keyed by :func:`ref_key`: images and per-item failures."""
+    wanted = {ref_key(r) for r in refs}
+    found: dict[tuple[str, str], FetchedImage] = {}
+    failures: dict[tuple[str, str], dict[str, Any]] = {}
+    for batch in chunks(list(refs)):
+        response = client.batch_get_image(
+            **pruned(
+                registryId=registry_id,
+                repositoryName=repository_name,
+                imageIds=list(batch),
+                acceptedMediaTypes=list(MANIFEST_MEDIA_TYPES),
+            )
+        )
+        for image in response.get("images", []):
+            key = _answer_key(image["imageId"], wanted)
+            manifest = image["imageManifest"]
+            found[key] = FetchedImage(
+                digest=image["imageId"].get("imageDigest") or manifest_digest(manifest),
+                manifest=manifest,
+                media_type=image.get("imageManifestMediaType") or declared_media_type(manifest) or "",
+                registry_id=image.get("registryId", registry_id or ""),
+            )
+        for failure in response.get("failures", []):
+            failures[_answer_key(failure.get("imageId", {}), wanted)] = failure
+    return found, failures
+
+
+def _answer_key(image_id: dict[str, str], wanted: set[tuple[str, str]]) -> tuple[str, str]:
+    key = ref_key(image_id)
+    if key in wanted:
+        return key
+    return ("digest", image_id.get("imageDigest", ""))
+
+
+def describe_image(client: Any, repository_name: str, digest: str, registry_id: str | None = None) -> dict[str, Any] | None:
+    """DescribeImages for one digest: the image's details (with its current tags), or None."""
+    try:
+        response = client.describe_images(
+            **pruned(registryId=registry_id, repositoryName=repository_name, imageIds=[ref(digest=digest)])
+        )
+    except Exception as error:
+        if error_code(error) == "ImageNotFoundException":
+            return None
+        raise
+    details = response.get("imageDetails", [])
+    return details[0] if details else None
+
+
+def describe_all(client: Any, repository_name: str, registry_id: str | None = None) -> Iterator[list[dict[str, Any]]]:
+    """Every image of the repository, a DescribeImages page (1000 images) at a time."""
+    paginator = client.get_paginator("describe_images")
+    for page in paginator.paginate(
+        **pruned(registryId=registry_id, repositoryName=repository_name),
+        PaginationConfig={"PageSize": DESCRIBE_PAGE_SIZE},
+    ):
+        yield page.get("imageDetails", [])
+
+
+def current_digest(client: Any, repository_name: str, tag: str, registry_id: str | None = None) -> str | None:
+    """Where ``tag`` points now (one BatchGetImage), or None."""
+    found, _ = fetch_images(client, repository_name, [ref(tag=tag)], registry_id)
+    image = found.get(("tag", tag))
+    return image.digest if image else None
+
+
+def put_tag(client: Any, repository_name: str, image: FetchedImage, tag: str, registry_id: str | None = None) -> bool:
+    """Put ``image``'s manifest, byte for byte, under ``tag``.
+
+    Returns True if this call set the tag, False if it already pointed at the image
+    (``ImageAlreadyExistsException``, or ``ImageTagAlreadyExistsException`` in an immutable
+    repository when a re-read shows the same digest): both are success, so a retry converges.
+    """
+    try:
+        client.put_image(
+            **pruned(
+                registryId=registry_id,
+                repositoryName=repository_name,
+                imageManifest=image.manifest,
+                imageManifestMediaType=image.media_type,
+                imageDigest=image.digest,
+                imageTag=tag,
+            )
+        )
+        return True
+    except Exception as error:
+        code = error_code(error)
+        if code == "ImageAlreadyExistsException":
+            return False
+        if code != "ImageTagAlreadyExistsException":
+            raise
+    holder = current_digest(client, repository_name, tag, registry_id)
+    if holder == image.digest:
+        return False
+    raise ImmutableTagError(
+        f"target tag {tag!r} is immutable in repository {repository_name!r} and points at {holder}, "
+        f"not {image.digest}; ECR refuses to move it"
+    )
+
+
+def remove_tags(
+    client: Any, repository_name: str, tags: Iterable[str], registry_id: str | None = None
+) -> Iterator[tuple[list[dict[str, str]], list[dict[str, Any]]]]:
+    """BatchDeleteImage by tag, 100 a call. Yields (removed ids, failures) per call.
+
+    By tag only: with a digest too the call's meaning is undocumented (it may delete the
+    whole image), so it is never used as a compare-and-delete.
+    """
+    for batch in chunks(list(tags)):
+        response = client.batch_delete_image(
+            **pruned(registryId=registry_id, repositoryName=repository_name, imageIds=[ref(tag=t) for t in batch])
+        )
+        yield response.get("imageIds", []), response.get("failures", [])

@@ -1,0 +1,43 @@
+"""Manifest media types and digests: the one home of this knowledge in the package.
+
+Airflow-free and boto-free, so the operators, the sensor, the trigger and the ECR double
+all share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+#: Every media type ECR stores for images. BatchGetImage must accept all of them, or ECR
+#: translates Docker <-> OCI manifests (new bytes, new digest) or refuses indexes.
+MANIFEST_MEDIA_TYPES: tuple[str, ...] = (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX)
+INDEX_MEDIA_TYPES: frozenset[str] = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
+
+#: The ECR limit on the imageManifest parameter, in characters.
+MAX_MANIFEST_CHARS = 4_194_304
+
+
+def manifest_digest(manifest: str) -> str:
+    """Return ``sha256:<hex>`` of the manifest's exact UTF-8 bytes, as ECR computes it."""
+    return "sha256:" + hashlib.sha256(manifest.encode("utf-8")).hexdigest()
+
+
+def declared_media_type(manifest: str) -> str | None:
+    """Return the manifest's top-level ``mediaType``, or None (it is optional in OCI)."""
+    try:
+        parsed = json.loads(manifest)
+    except ValueError:
+        return None
+    value = parsed.get("mediaType") if isinstance(parsed, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def is_index(media_type: str | None) -> bool:
+    """Whether the media type is a multi-arch index or manifest list."""
+    return media_type in INDEX_MEDIA_TYPES

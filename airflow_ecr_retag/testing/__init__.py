@@ -1,0 +1,28 @@
+"""A faithful Amazon ECR double for tests of this package and of your own DAGs.
+
+Needs the ``testing`` extra (``pip install airflow-ecr-retag[testing]``).
+
+- :class:`EcrDouble`: in-process (``with EcrDouble() as ecr``) or as a server on 127.0.0.1
+  (``EcrDouble(server=True)``, reached by other processes through ``AWS_ENDPOINT_URL_ECR``).
+- :func:`build_image` / :func:`push_image`: realistic Docker, OCI and multi-arch images.
+- pytest fixtures ``ecr_double`` and ``ecr_double_server``: add
+  ``pytest_plugins = ["airflow_ecr_retag.testing.pytest_plugin"]`` to your ``conftest.py``.
+- ``python -m airflow_ecr_retag.testing serve``: a server in its own process.
+"""
+
+from __future__ import annotations
+
+from airflow_ecr_retag.testing.double import WRITE_OPERATIONS, EcrDouble, Fault, RecordedCall, StoredImage
+from airflow_ecr_retag.testing.images import IMAGE_KINDS, BuiltImage, build_image, push_image
+
+__all__ = [
+    "IMAGE_KINDS",
+    "WRITE_OPERATIONS",
+    "BuiltImage",
+    "EcrDouble",
+    "Fault",
+    "RecordedCall",
+    "StoredImage",
+    "build_image",
+    "push_image",
+]

@@ -1,0 +1,111 @@
+"""Input rules shared by every operator and the sensor: one home for them and their messages.
+
+Each check raises :class:`~airflow_ecr_retag.exceptions.InvalidInputError` naming the field
+and the rule, and runs on rendered values in ``execute`` before any ECR call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from airflow_ecr_retag.exceptions import InvalidInputError
+
+REPOSITORY_NAME_RE = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*")
+#: The OCI distribution-spec tag grammar (at most 128 characters).
+TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+REGISTRY_ID_RE = re.compile(r"[0-9]{12}")
+MAX_TAG_CHARS = 300
+#: One BatchGetImage takes 100 references: the source plus at most 99 targets.
+MAX_TARGET_TAGS = 99
+
+
+def _text(field: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidInputError(field, f"must be a string, not {type(value).__name__}", value)
+    if value == "":
+        raise InvalidInputError(field, "must not be empty", value)
+    if value != value.strip() or any(c.isspace() for c in value):
+        raise InvalidInputError(field, "must not contain whitespace (check the rendered template)", value)
+    return value
+
+
+def repository_name(value: Any, field: str = "repository_name") -> str:
+    value = _text(field, value)
+    if not 2 <= len(value) <= 256 or not REPOSITORY_NAME_RE.fullmatch(value):
+        raise InvalidInputError(
+            field,
+            "must be an ECR repository name: 2-256 characters of lower-case letters, digits and "
+            "'.', '_', '-' separators, with '/' between path components (no leading '/', no '..')",
+            value,
+        )
+    return value
+
+
+def tag(value: Any, field: str = "tag") -> str:
+    value = _text(field, value)
+    if len(value) > MAX_TAG_CHARS:
+        raise InvalidInputError(field, f"ECR tags are 1-{MAX_TAG_CHARS} characters, got {len(value)}", show_value=False, value=None)
+    if not TAG_RE.fullmatch(value):
+        raise InvalidInputError(
+            field,
+            "must follow the OCI tag grammar [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127} "
+            f"(ASCII letters, digits, '_', '.', '-'; at most 128 characters; got {len(value)})",
+            value if len(value) <= 140 else value[:40] + "...",
+        )
+    return value
+
+
+def digest(value: Any, field: str = "digest") -> str:
+    value = _text(field, value)
+    if not DIGEST_RE.fullmatch(value):
+        raise InvalidInputError(field, "must be 'sha256:' followed by 64 lower-case hex characters", value)
+    return value
+
+
+def registry_id(value: Any, field: str = "registry_id") -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    value = _text(field, value)
+    if not REGISTRY_ID_RE.fullmatch(value):
+        raise InvalidInputError(field, "must be a 12-digit AWS account id", value)
+    return value
+
+
+def optional(check: Any, value: Any, field: str) -> Any:
+    """Apply ``check`` unless the value is None."""
+    return None if value is None else check(value, field)
+
+
+def tag_list(value: Any, field: str, *, max_items: int | None = None) -> list[str]:
+    """One tag or a list of tags: non-empty, valid, without repeats."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise InvalidInputError(field, "must be a tag or a list of tags", value)
+    if not items:
+        raise InvalidInputError(field, "must name at least one tag", value)
+    if max_items is not None and len(items) > max_items:
+        raise InvalidInputError(field, f"at most {max_items} tags per task (got {len(items)})", show_value=False)
+    checked = [tag(item, f"{field}[{i}]") for i, item in enumerate(items)]
+    repeats = sorted({t for t in checked if checked.count(t) > 1})
+    if repeats:
+        raise InvalidInputError(field, f"must not repeat a tag: {', '.join(repeats)}", value)
+    return checked
+
+
+def patterns(value: Any, field: str) -> list[str]:
+    """A glob or a list of globs (possibly empty)."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(p, str) and p for p in items):
+        raise InvalidInputError(field, "must be a glob pattern or a list of non-empty glob patterns", value)
+    return list(items)
+
+
+def unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
