@@ -9,7 +9,6 @@ caller's own registry.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 from airflow_ecr_retag.exceptions import DigestMismatchError, ImmutableTagError, error_code
 from airflow_ecr_retag.manifests import MANIFEST_MEDIA_TYPES, declared_media_type, manifest_digest
 
-log = logging.getLogger(__name__)
+
 
 #: imageIds per BatchGetImage, BatchDeleteImage and DescribeImages call.
 MAX_IMAGE_IDS = 100
@@ -74,25 +73,39 @@ def fetch_images(
     found: dict[tuple[str, str], FetchedImage] = {}
     failures: dict[tuple[str, str], dict[str, Any]] = {}
     for batch in chunks(list(refs)):
-        response = client.batch_get_image(
-            **pruned(
-                registryId=registry_id,
-                repositoryName=repository_name,
-                imageIds=list(batch),
-                acceptedMediaTypes=list(MANIFEST_MEDIA_TYPES),
-            )
+        response = client.batch_get_image(**batch_get_params(repository_name, batch, registry_id))
+        batch_found, batch_failures = parse_batch_get(response, wanted, registry_id)
+        found.update(batch_found)
+        failures.update(batch_failures)
+    return found, failures
+
+
+def batch_get_params(repository_name: str, refs: Sequence[dict[str, str]], registry_id: str | None = None) -> dict[str, Any]:
+    """BatchGetImage arguments, accepting every manifest media type so ECR never translates."""
+    return pruned(
+        registryId=registry_id,
+        repositoryName=repository_name,
+        imageIds=list(refs),
+        acceptedMediaTypes=list(MANIFEST_MEDIA_TYPES),
+    )
+
+
+def parse_batch_get(
+    response: dict[str, Any], wanted: set[tuple[str, str]], registry_id: str | None = None
+) -> tuple[dict[tuple[str, str], FetchedImage], dict[tuple[str, str], dict[str, Any]]]:
+    """Match a BatchGetImage answer to the requested references."""
+    found: dict[tuple[str, str], FetchedImage] = {}
+    failures: dict[tuple[str, str], dict[str, Any]] = {}
+    for image in response.get("images", []):
+        manifest = image["imageManifest"]
+        found[_answer_key(image["imageId"], wanted)] = FetchedImage(
+            digest=image["imageId"].get("imageDigest") or manifest_digest(manifest),
+            manifest=manifest,
+            media_type=image.get("imageManifestMediaType") or declared_media_type(manifest) or "",
+            registry_id=image.get("registryId", registry_id or ""),
         )
-        for image in response.get("images", []):
-            key = _answer_key(image["imageId"], wanted)
-            manifest = image["imageManifest"]
-            found[key] = FetchedImage(
-                digest=image["imageId"].get("imageDigest") or manifest_digest(manifest),
-                manifest=manifest,
-                media_type=image.get("imageManifestMediaType") or declared_media_type(manifest) or "",
-                registry_id=image.get("registryId", registry_id or ""),
-            )
-        for failure in response.get("failures", []):
-            failures[_answer_key(failure.get("imageId", {}), wanted)] = failure
+    for failure in response.get("failures", []):
+        failures[_answer_key(failure.get("imageId", {}), wanted)] = failure
     return found, failures
 
 

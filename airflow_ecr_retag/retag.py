@@ -14,7 +14,7 @@ from typing import Any
 from airflow_ecr_retag import ecr, validation
 from airflow_ecr_retag.exceptions import GuardFailedError, ImageNotFoundError, InvalidInputError, TargetExistsError
 
-log = logging.getLogger(__name__)
+_module_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,11 @@ def image_uri(registry_id: str, region_name: str, repository_name: str, digest: 
     return f"{registry_id}.dkr.ecr.{region_name}.amazonaws.com/{repository_name}@{digest}"
 
 
-def promote(client: Any, request: PromotionRequest, *, region_name: str) -> dict[str, Any]:
-    """Promote the source image to every target tag and return the ``promotion`` report."""
+def promote(client: Any, request: PromotionRequest, *, region_name: str, log: logging.Logger | Any = _module_log) -> dict[str, Any]:
+    """Promote the source image to every target tag and return the ``promotion`` report.
+
+    :param log: where the per-tag lines go (the operator passes its task logger).
+    """
     repo, registry = request.repository_name, request.registry_id
     target_refs = [ecr.ref(tag=t) for t in request.target_tags]
     found, failures = ecr.fetch_images(client, repo, [request.source_ref, *target_refs], registry)
@@ -83,7 +86,7 @@ def promote(client: Any, request: PromotionRequest, *, region_name: str) -> dict
     if source is None:
         failure = failures.get(source_key, {})
         if request.remove_source_tag and request.source_tag and _targets_converged(found, request):
-            return _already_moved(found, request, region_name)
+            return _already_moved(found, request, region_name, log)
         raise ImageNotFoundError(
             f"{request.source_label} not found in repository {repo!r}: "
             f"{failure.get('failureCode', 'ImageNotFound')} {failure.get('failureReason', '')}".rstrip()
@@ -124,11 +127,11 @@ def promote(client: Any, request: PromotionRequest, *, region_name: str) -> dict
             unchanged.append(tag)
             log.info("Tag %s: already at %s", tag, source.digest)
 
-    removed = _remove_source_tag(client, request, source.digest) if request.remove_source_tag else False
+    removed = _remove_source_tag(client, request, source.digest, log) if request.remove_source_tag else False
     return _report(request, source, region_name, added=added, unchanged=unchanged, moved=moved, source_tag_removed=removed)
 
 
-def _remove_source_tag(client: Any, request: PromotionRequest, digest: str) -> bool:
+def _remove_source_tag(client: Any, request: PromotionRequest, digest: str, log: Any) -> bool:
     """Remove the source tag if it still points at ``digest`` and is not the image's last tag."""
     repo, registry, tag = request.repository_name, request.registry_id, request.source_tag
     assert tag is not None
@@ -157,7 +160,7 @@ def _targets_converged(found: dict, request: PromotionRequest) -> bool:
     )
 
 
-def _already_moved(found: dict, request: PromotionRequest, region_name: str) -> dict[str, Any]:
+def _already_moved(found: dict, request: PromotionRequest, region_name: str, log: Any) -> dict[str, Any]:
     image = found[("tag", request.target_tags[0])]
     log.info(
         "Source tag %s is gone and every target already points at %s: an earlier attempt completed this move",

@@ -94,7 +94,7 @@ class EcrRetagOperator(AwsBaseOperator[EcrHook]):
         )
         with permanent_ecr_errors():
             client = self.hook.conn
-            promotion = promote(client, request, region_name=client.meta.region_name)
+            promotion = promote(client, request, region_name=client.meta.region_name, log=self.log)
         context["ti"].xcom_push(key="promotion", value=promotion)
         EcrImageLink.persist(
             context=context,
