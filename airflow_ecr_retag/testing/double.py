@@ -437,6 +437,16 @@ class EcrDouble:
         with self._lock:
             _images(self._repository(repository_name, **where)).by_digest[digest].pushed_at = pushed_at
 
+    def delete_tag(self, repository_name: str, tag: str, **where: Any) -> None:
+        """Remove ``tag`` directly, as another actor's BatchDeleteImage by tag would: the image
+        goes too when it was its last tag (not counted)."""
+        with self._lock:
+            repository = self._repository(repository_name, **where)
+            image = _images(repository).by_tag.pop(tag)
+            image.tags.remove(tag)
+            if not image.tags:
+                _delete_image(repository, image)
+
     def move_tag(self, repository_name: str, tag: str, digest: str, **where: Any) -> None:
         """Point ``tag`` at ``digest`` directly, as another actor's push would (not counted)."""
         with self._lock:
