@@ -1,0 +1,184 @@
+"""The main job: the example DAGs in a real Airflow, against the ECR double's HTTP server.
+
+1. start the ECR double as a server on 127.0.0.1;
+2. seed ``team/app``: a multi-arch OCI index built by "CI" as ``sha-<commit>``, the previous
+   release, a history of ``sha-*`` builds, ``latest`` and old ``pr-*`` tags;
+3. set up a throwaway Airflow home with SQLite (``airflow db migrate``);
+4. run ``airflow dags test`` on the release DAG, the deferrable prod gate and the hygiene DAG,
+   with ``AWS_ENDPOINT_URL_ECR`` pointing at the double;
+5. print the tags and digests before and after, and the hygiene report.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from airflow_ecr_retag.testing import EcrDouble, build_image
+
+ROOT = Path(__file__).resolve().parent.parent
+REPO = "team/app"
+COMMIT = "9f3c2e1"
+VERSION = "v1.4.2"
+
+
+def seed(ecr: EcrDouble) -> dict[str, str]:
+    now = datetime.now(timezone.utc)
+    ecr.create_repository(REPO)
+    ecr.push(REPO, build_image("oci", "v1.4.1"), ["v1.4.1", "prod", "stable"], pushed_at=now - timedelta(days=30))
+    for i in range(24):
+        ecr.push(REPO, build_image("oci", f"build-{i}"), [f"sha-{i:07x}", f"ci-{1000 + i}"], pushed_at=now - timedelta(days=24 - i))
+    ecr.push(REPO, build_image("docker", "pr-81"), ["pr-81"], pushed_at=now - timedelta(days=21))
+    ecr.push(REPO, build_image("oci", "pr-93"), ["pr-93", "sha-00000pr"], pushed_at=now - timedelta(days=16))
+    ecr.push(REPO, build_image("oci", "pr-97"), ["pr-97"], pushed_at=now - timedelta(days=2))
+    release = build_image("oci-index", "release")
+    ecr.push(REPO, release, [f"sha-{COMMIT}", "latest"], pushed_at=now - timedelta(minutes=5))
+    return {"release": release.digest}
+
+
+def table(stages: list[tuple[str, dict[str, str]]]) -> str:
+    """Tags whose digest changed across the stages, one column per stage; the rest summarised."""
+    names = [name for name, _ in stages]
+    every = sorted({t for _, tags in stages for t in tags})
+    changed = [t for t in every if len({tags.get(t) for _, tags in stages}) > 1]
+    width = max([len(t) for t in changed] + [3])
+    lines = ["  " + "tag".ljust(width) + "".join(f"  {n:<19}" for n in names)]
+    lines.append("  " + "-" * width + "".join(f"  {'-' * 19}" for _ in names))
+    for tag in changed:
+        lines.append("  " + tag.ljust(width) + "".join(f"  {short(tags.get(tag)):<19}" for _, tags in stages))
+    lines.append(f"  ({len(every) - len(changed)} other tags unchanged throughout)")
+    return "\n".join(lines)
+
+
+def short(digest: str | None) -> str:
+    return "-" if digest is None else digest[:19]
+
+
+def airflow_env(ecr: EcrDouble, home: Path) -> dict[str, str]:
+    home.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        **ecr.environ(),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "example_dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({"conn_type": "aws"}),
+    }
+    env.pop("AWS_PROFILE", None)
+    return env
+
+
+def start_airflow(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
+    handle = log.open("w")
+    return subprocess.Popen([sys.executable, "-m", "airflow", *args], env=env, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def is_prod_poll(call) -> bool:
+    return call.operation == "BatchGetImage" and call.params.get("imageIds") == [{"imageTag": "prod"}]
+
+
+def prod_polls(ecr: EcrDouble) -> int:
+    return sum(1 for c in ecr.requests if is_prod_poll(c))
+
+
+def wait_for(condition, process: subprocess.Popen, what: str, limit: float = 180.0) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"gave up waiting for {what}")
+        time.sleep(0.2)
+
+
+def airflow(env: dict[str, str], log: Path, *args: str) -> None:
+    with log.open("a") as handle:
+        handle.write(f"\n$ airflow {' '.join(args)}\n")
+        handle.flush()
+        result = subprocess.run([sys.executable, "-m", "airflow", *args], env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=900)
+    if result.returncode != 0:
+        print(log.read_text()[-6000:])
+        raise SystemExit(f"airflow {' '.join(args)} failed (exit {result.returncode}); full log: {log}")
+
+
+def xcom(env: dict[str, str], dag_id: str, task_id: str, key: str = "return_value") -> object:
+    code = (
+        "import json, sys\n"
+        "from airflow.models.xcom import XComModel\n"
+        "from airflow.utils.session import create_session\n"
+        "with create_session() as s:\n"
+        f"    row = s.query(XComModel).filter_by(dag_id={dag_id!r}, task_id={task_id!r}, key={key!r})"
+        ".order_by(XComModel.timestamp.desc()).first()\n"
+        "    print('XCOM=' + json.dumps(XComModel.deserialize_value(row)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=300)
+    line = next(line for line in out.stdout.splitlines() if line.startswith("XCOM="))
+    return json.loads(line[len("XCOM="):])
+
+
+def main() -> int:
+    home = Path(tempfile.mkdtemp(prefix="ecr-retag-demo-"))
+    log = home / "airflow-dags-test.log"
+    with EcrDouble(server=True) as ecr:
+        digests = seed(ecr)
+        before = ecr.tags(REPO)
+        print(f"1. ECR double serving on {ecr.endpoint_url}; seeded {REPO} with {len(ecr.images(REPO))} images "
+              f"(release {VERSION} is the multi-arch index {short(digests['release'])}, tagged sha-{COMMIT})")
+        env = airflow_env(ecr, home / "release-team")
+        gate_env = airflow_env(ecr, home / "other-team")
+        print(f"2. Two Airflow homes under {home} (SQLite each): airflow db migrate")
+        airflow(env, log, "db", "migrate")
+        airflow(gate_env, log, "db", "migrate")
+        print(f"3. Other team: airflow dags test example_ecr_wait_for_prod, expecting prod at {short(digests['release'])} "
+              "(deferrable: the trigger polls with aiobotocore)")
+        ecr.reset_calls()
+        gate = start_airflow(gate_env, home / "gate.log", "dags", "test", "example_ecr_wait_for_prod",
+                             "-c", json.dumps({"expected_digest": digests["release"]}))
+        wait_for(lambda: prod_polls(ecr) >= 2, gate, "the gate's trigger to poll")
+        print(f"   deferred and polling: prod still at {short(ecr.tags(REPO)['prod'])}")
+        print(f"4. Release team: airflow dags test example_ecr_release  (sha={COMMIT}, version={VERSION})")
+        first_request = len(ecr.requests)
+        airflow(env, log, "dags", "test", "example_ecr_release", "-c", json.dumps({"sha": COMMIT, "version": VERSION}))
+        promotion = xcom(env, "example_ecr_release", "promote", "promotion")
+        print(f"   sensor found sha-{COMMIT} at {short(str(xcom(env, 'example_ecr_release', 'wait_for_build')))}; "
+              f"promoted: added {promotion['added']}, moved {[f'{t} from {short(d)}' for t, d in promotion['moved'].items()]}")
+        print(f"   deploy used {xcom(env, 'example_ecr_release', 'deploy')}")
+        release_calls = Counter(c.operation for c in ecr.requests[first_request:] if not is_prod_poll(c))
+        print(f"   ECR calls made by the release DAG run: {dict(release_calls)} (3 reads: sensor, test, promote; 2 PutImage)")
+        after_release = ecr.tags(REPO)
+        if gate.wait(timeout=120) != 0:
+            print((home / "gate.log").read_text()[-6000:])
+            raise SystemExit("the gate DAG failed")
+        print(f"   the other team's gate opened: prod_ready -> {short(str(xcom(gate_env, 'example_ecr_wait_for_prod', 'prod_ready')))} "
+              f"after {prod_polls(ecr)} polls of prod (one BatchGetImage each)")
+        print("5. Release team: airflow dags test example_ecr_tag_hygiene  (dry run, then for real)")
+        airflow(env, log, "dags", "test", "example_ecr_tag_hygiene")
+        report = xcom(env, "example_ecr_tag_hygiene", "clean_up")
+        images_after = ecr.images(REPO)
+        after = ecr.tags(REPO)
+        assert isinstance(report, dict)
+        print(f"   removed {sorted(r['tag'] for r in report['removed'])}")
+        print(f"   kept as an image's last tag: {sorted(s['tag'] for s in report['skipped_last_tag'])}; "
+              f"kept_count {report['kept_count']}; images deleted {len(report['images_deleted'])}; failed {len(report['failed'])}")
+        print(f"   images before {len(ecr.images(REPO))}, after {len(images_after)}: none lost")
+    print("\nTags whose digest changed (digests shortened; '-' = no such tag):")
+    print(table([("before", before), ("after release", after_release), ("after hygiene", after)]))
+    print(f"\nFull Airflow output: {log}")
+    print("Against a real AWS account: unset AWS_ENDPOINT_URL_ECR and give Airflow an `aws_default` connection, e.g.\n"
+          "  airflow connections add aws_default --conn-type aws --conn-extra '{\"region_name\": \"eu-west-1\"}'\n"
+          "(credentials from the usual AWS chain or the connection), then trigger example_ecr_release with "
+          '{"repository": "<your repo>", "sha": "<commit>", "version": "<version>"}.')
+    if os.environ.get("DEMO_KEEP_HOME") != "1":
+        shutil.rmtree(home, ignore_errors=True)
+        print(f"(removed {home}; set DEMO_KEEP_HOME=1 to keep it)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

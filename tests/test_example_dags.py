@@ -1,0 +1,116 @@
+"""The example DAGs: they import cleanly, and run for real with ``dag.test()`` against the double's server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from airflow_ecr_retag.testing import build_image
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "example_dags"
+REPO = "team/app"
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """A migrated SQLite metadata DB in the suite's throwaway AIRFLOW_HOME."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, env=os.environ,
+                   capture_output=True, timeout=600)
+
+
+@pytest.fixture
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(EXAMPLES))
+
+
+def test_every_example_dag_imports_without_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dag_ids) == {"example_ecr_release", "example_ecr_wait_for_prod", "example_ecr_tag_hygiene"}
+
+
+@pytest.fixture
+def served(ecr_double_server, airflow_db, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", '{"conn_type": "aws"}')
+    ecr_double_server.create_repository(REPO)
+    return ecr_double_server
+
+
+def xcom(dag_run, task_id, key="return_value"):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.query(XComModel).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id, task_id=task_id, key=key).one()
+        return XComModel.deserialize_value(row)
+
+
+def states(dag_run):
+    return {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+
+
+def test_release_dag_promotes_the_tested_digest(served, dagbag):
+    index = build_image("oci-index", "release")
+    digest = served.push(REPO, index, ["sha-0123abcd"])
+    old_prod = served.push(REPO, build_image("oci", "previous"), ["prod", "v1.4.1"])
+    dag_run = dagbag.get_dag("example_ecr_release").test(run_conf={"sha": "0123abcd", "version": "v1.4.2"})
+    assert states(dag_run) == dict.fromkeys(["wait_for_build", "test_image", "promote", "deploy"], "success")
+    assert xcom(dag_run, "wait_for_build") == digest
+    assert xcom(dag_run, "promote") == digest
+    promotion = xcom(dag_run, "promote", "promotion")
+    assert promotion["added"] == ["v1.4.2", "prod"] and promotion["moved"] == {"prod": old_prod}
+    assert xcom(dag_run, "deploy") == f"123456789012.dkr.ecr.us-east-1.amazonaws.com/{REPO}@{digest}"
+    tags = served.tags(REPO)
+    assert tags["v1.4.2"] == tags["prod"] == tags["sha-0123abcd"] == digest
+    assert tags["v1.4.1"] == old_prod
+    assert {c.digest for c in index.children} <= set(served.images(REPO))
+
+
+def test_release_dag_refuses_an_image_re_pushed_after_its_test(served, dagbag):
+    served.push(REPO, build_image("oci", "tested"), ["sha-feed"])
+    newer = served.push(REPO, build_image("oci", "sneaky"))
+    # Between the test task's read and the promotion, the CI tag is re-pushed.
+    served.before_call("BatchGetImage", lambda d: d.move_tag(REPO, "sha-feed", newer), call=3)
+    dag_run = dagbag.get_dag("example_ecr_release").test(run_conf={"sha": "feed", "version": "v2"})
+    assert states(dag_run)["promote"] == "failed"
+    assert served.calls["PutImage"] == 0
+    assert "v2" not in served.tags(REPO) and "prod" not in served.tags(REPO)
+
+
+def test_wait_for_prod_dag_defers_until_prod_reaches_the_digest(served, dagbag):
+    expected = served.push(REPO, build_image("oci-index", "expected"))
+    served.push(REPO, build_image("oci", "current"), ["prod"])
+    # The first check (in the worker) sees the old digest; prod moves while the trigger polls.
+    served.before_call("BatchGetImage", lambda d: d.move_tag(REPO, "prod", expected), call=3)
+    dag_run = dagbag.get_dag("example_ecr_wait_for_prod").test(run_conf={"expected_digest": expected})
+    assert states(dag_run) == {"prod_ready": "success", "start_integration_tests": "success"}
+    assert xcom(dag_run, "prod_ready") == expected
+    assert served.calls["BatchGetImage"] >= 3
+
+
+def test_hygiene_dag_dry_run_then_clean_up(served, dagbag):
+    now = datetime.now(timezone.utc)
+    for i in range(25):
+        tags = [f"sha-{i:02d}"] + (["latest"] if i == 24 else []) + ([f"v1.{i}"] if i % 5 == 0 else [])
+        served.push(REPO, build_image("oci", f"b{i}"), tags, pushed_at=now - timedelta(hours=25 - i))
+    served.push(REPO, build_image("oci", "pr-old"), ["pr-7"], pushed_at=now - timedelta(days=30))
+    images_before = set(served.images(REPO))
+    dag_run = dagbag.get_dag("example_ecr_tag_hygiene").test()
+    assert states(dag_run) == {"dry_run": "success", "clean_up": "success"}
+    dry, real = xcom(dag_run, "dry_run"), xcom(dag_run, "clean_up")
+    assert dry["dry_run"] is True and real["dry_run"] is False
+    assert sorted(r["tag"] for r in dry["removed"]) == sorted(r["tag"] for r in real["removed"])
+    tags = served.tags(REPO)
+    assert "latest" not in tags
+    # sha-00 goes (its image keeps v1.0); sha-01..04 are their images' last tags, so they stay.
+    assert sorted(t for t in tags if t.startswith("sha-")) == [f"sha-{i:02d}" for i in range(1, 25)]
+    assert sorted(s["tag"] for s in real["skipped_last_tag"]) == ["pr-7", "sha-01", "sha-02", "sha-03", "sha-04"]
+    assert {t for t in tags if t.startswith("v1.")} == {f"v1.{i}" for i in range(0, 25, 5)}
+    assert tags["pr-7"]  # its image's last tag: kept, not deleted
+    assert set(served.images(REPO)) == images_before
