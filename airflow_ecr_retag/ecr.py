@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_ecr_retag.exceptions import DigestMismatchError, ImmutableTagError, error_code
-from airflow_ecr_retag.manifests import MANIFEST_MEDIA_TYPES, declared_media_type, manifest_digest
+from airflow_ecr_retag.exceptions import DigestMismatchError, ImmutableTagError, ManifestTooLargeError, error_code
+from airflow_ecr_retag.manifests import MANIFEST_MEDIA_TYPES, MAX_MANIFEST_CHARS, declared_media_type, manifest_digest
 
 
 
@@ -56,7 +56,12 @@ class FetchedImage:
     registry_id: str
 
     def verify(self, what: str) -> None:
-        """Check that sha256(manifest) is the digest; nothing is written when it is not."""
+        """Check the manifest before re-putting it: sha256 must be the digest, the size within ECR's limit."""
+        if len(self.manifest) > MAX_MANIFEST_CHARS:
+            raise ManifestTooLargeError(
+                f"imageManifest: {what} has a manifest of {len(self.manifest):,} characters, over ECR's "
+                f"{MAX_MANIFEST_CHARS:,}-character PutImage limit; nothing was written"
+            )
         actual = manifest_digest(self.manifest)
         if actual != self.digest:
             raise DigestMismatchError(

@@ -63,6 +63,10 @@ class DigestMismatchError(EcrRetagError):
     """The manifest's bytes do not hash to the digest ECR reported or the user expected."""
 
 
+class ManifestTooLargeError(EcrRetagError):
+    """A manifest over ECR's PutImage limit: re-putting it would fail, so nothing is written."""
+
+
 class HygieneFailedError(EcrRetagError):
     """Some tag removals failed; the report names them."""
 

@@ -6,8 +6,9 @@ and the rule, and runs on rendered values in ``execute`` before any ECR call.
 
 from __future__ import annotations
 
+import ast
+import json
 import re
-from collections.abc import Iterable
 from typing import Any
 
 from airflow_ecr_retag.exceptions import InvalidInputError
@@ -81,8 +82,25 @@ def optional(check: Any, value: Any, field: str) -> Any:
     return None if value is None else check(value, field)
 
 
+def _rendered_list(value: Any) -> Any:
+    """A list rendered to text by a non-native Jinja template ("['v1', 'prod']" or JSON), parsed back.
+
+    No tag can start with '[', so such a string is never a single tag.
+    """
+    if isinstance(value, str) and value.strip().startswith("["):
+        for parse in (json.loads, ast.literal_eval):
+            try:
+                parsed = parse(value)
+            except (ValueError, SyntaxError):
+                continue
+            if isinstance(parsed, list):
+                return parsed
+    return value
+
+
 def tag_list(value: Any, field: str, *, max_items: int | None = None) -> list[str]:
     """One tag or a list of tags: non-empty, valid, without repeats."""
+    value = _rendered_list(value)
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)):
         raise InvalidInputError(field, "must be a tag or a list of tags", value)
@@ -101,11 +119,9 @@ def patterns(value: Any, field: str) -> list[str]:
     """A glob or a list of globs (possibly empty)."""
     if value is None:
         return []
+    value = _rendered_list(value)
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(p, str) and p for p in items):
         raise InvalidInputError(field, "must be a glob pattern or a list of non-empty glob patterns", value)
     return list(items)
 
-
-def unique(items: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(items))

@@ -326,3 +326,15 @@ def test_bad_input_is_refused_before_any_call(ecr, overrides, field):
     assert str(error.value).startswith(f"{field}: ")
     assert isinstance(error.value, AirflowFailException)
     assert ecr.total_calls == 0
+
+
+def test_target_tags_rendered_as_text_by_a_template_are_parsed_back(ecr):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    digest = ecr.push(REPO, build_image("oci"), ["sha-1"])
+    operator = EcrRetagOperator(task_id="p", repository_name=REPO, source_tag="sha-1", target_tags="{{ params.tags }}", **AWS)
+    context = {**make_context(), "params": ParamsDict({"tags": ["v3", "prod"]})}
+    operator.render_template_fields(context)
+    assert operator.target_tags == "['v3', 'prod']"  # what non-native Jinja renders
+    operator.execute(context)
+    assert ecr.tags(REPO)["v3"] == ecr.tags(REPO)["prod"] == digest

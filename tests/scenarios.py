@@ -1,0 +1,78 @@
+"""One representative task per operator (and the sensor), with its seed, for the reliability suite.
+
+Each scenario seeds a fresh repository of the double, then runs the task. Between them they
+make every ECR call the package makes: BatchGetImage, PutImage, DescribeImages (paginated
+and by digest) and BatchDeleteImage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from helpers import make_context
+
+from airflow_ecr_retag.testing import EcrDouble, build_image
+
+REPO = "team/app"
+EPOCH = datetime(2026, 11, 1, tzinfo=timezone.utc)
+# Standard retry mode with two retries: one injected transient fault is always absorbed.
+RETRYING = {"aws_conn_id": None, "region_name": "us-east-1",
+            "botocore_config": {"retries": {"mode": "standard", "max_attempts": 2}}}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    seed: Callable[[EcrDouble], None]
+    run: Callable[[], Any]
+
+
+def seed_retag(ecr: EcrDouble) -> None:
+    ecr.create_repository(REPO)
+    ecr.push(REPO, build_image("oci", "previous"), ["prod", "v1.0"], pushed_at=EPOCH)
+    ecr.push(REPO, build_image("oci-index", "candidate"), ["rc"], pushed_at=EPOCH + timedelta(days=1))
+
+
+def run_retag() -> Any:
+    from airflow_ecr_retag import EcrRetagOperator
+
+    return EcrRetagOperator(
+        task_id="promote", repository_name=REPO, source_tag="rc", target_tags=["v1.1", "prod"],
+        remove_source_tag=True, **RETRYING,
+    ).execute(make_context())
+
+
+def seed_sensor(ecr: EcrDouble) -> None:
+    ecr.create_repository(REPO)
+    ecr.push(REPO, build_image("oci", "built"), ["sha-1"], pushed_at=EPOCH)
+
+
+def run_sensor() -> Any:
+    from airflow_ecr_retag import EcrTagSensor
+
+    return EcrTagSensor(task_id="wait", repository_name=REPO, tag="sha-1", poke_interval=0.01, timeout=30, **RETRYING).execute(make_context())
+
+
+def seed_hygiene(ecr: EcrDouble) -> None:
+    ecr.create_repository(REPO)
+    for i in range(6):
+        tags = [f"sha-{i}", f"build-{i}"] + (["latest"] if i == 5 else [])
+        ecr.push(REPO, build_image("oci", f"b{i}"), tags, pushed_at=EPOCH + timedelta(days=i))
+    ecr.push(REPO, build_image("oci", "lonely"), ["pr-1"], pushed_at=EPOCH - timedelta(days=30))
+
+
+def run_hygiene() -> Any:
+    from airflow_ecr_retag import EcrTagHygieneOperator
+
+    return EcrTagHygieneOperator(
+        task_id="hygiene", repository_name=REPO,
+        rules=[{"tag_pattern": "latest"}, {"tag_pattern": "sha-*", "keep_latest": 2}, {"tag_pattern": "pr-*"}],
+        protect=["v*"], **RETRYING,
+    ).execute(make_context())
+
+
+SCENARIOS = [Scenario("retag", seed_retag, run_retag), Scenario("sensor", seed_sensor, run_sensor),
+             Scenario("hygiene", seed_hygiene, run_hygiene)]

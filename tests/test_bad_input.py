@@ -1,0 +1,139 @@
+"""Bad input table: across the three operators and the sensor, rendered through Jinja as in a DAG run.
+
+Each case names the expected error class and the field its message must start with, and
+asserts that the double saw zero ECR write calls (zero calls at all for input errors).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from airflow.providers.common.compat.sdk import AirflowFailException
+from helpers import AWS, make_context
+
+from airflow_ecr_retag import EcrRetagOperator, EcrTagHygieneOperator, EcrTagSensor
+from airflow_ecr_retag.exceptions import InvalidInputError, ManifestTooLargeError
+from airflow_ecr_retag.testing import build_image
+
+REPO = "team/app"
+HEX = "0123456789abcdef" * 4
+
+RETAG = {"repository_name": REPO, "source_tag": "sha-1", "target_tags": ["v1", "prod"]}
+SENSOR = {"repository_name": REPO, "tag": "sha-1", "poke_interval": 0.01, "timeout": 5}
+HYGIENE = {"repository_name": REPO, "rules": [{"tag_pattern": "latest"}]}
+KINDS = {"retag": (EcrRetagOperator, RETAG), "sensor": (EcrTagSensor, SENSOR), "hygiene": (EcrTagHygieneOperator, HYGIENE)}
+
+# (operator, overrides, params for Jinja, field the message names)
+CASES = [
+    # Jinja-rendered values, empty strings and whitespace
+    ("retag", {"repository_name": "{{ params.repo }}"}, {"repo": ""}, "repository_name"),
+    ("retag", {"repository_name": "{{ params.repo }}"}, {"repo": " team/app"}, "repository_name"),
+    ("retag", {"source_tag": "sha-{{ params.sha }}"}, {"sha": "abc def"}, "source_tag"),
+    ("retag", {"target_tags": ["{{ params.version }}", "prod"]}, {"version": ""}, "target_tags[0]"),
+    ("retag", {"target_tags": ["{{ params.version }}", "prod"]}, {"version": "v1\n"}, "target_tags[0]"),
+    ("sensor", {"tag": "{{ params.tag }}"}, {"tag": "   "}, "tag"),
+    ("sensor", {"repository_name": "{{ params.repo }}"}, {"repo": "team/app "}, "repository_name"),
+    ("hygiene", {"repository_name": "{{ params.repo }}"}, {"repo": ""}, "repository_name"),
+    ("hygiene", {"rules": "{{ params.rules }}"}, {"rules": "[]"}, "rules"),
+    ("hygiene", {"rules": "{{ params.rules }}"}, {"rules": '[{"tag_pattern": "x", "keep": 1}]'}, "rules[0]"),
+    # digests: 63 or 65 hex characters, upper case
+    ("retag", {"source_digest": "sha256:" + HEX[:63]}, {}, "source_digest"),
+    ("retag", {"source_digest": "sha256:" + HEX + "0"}, {}, "source_digest"),
+    ("retag", {"source_digest": "sha256:" + HEX.upper()}, {}, "source_digest"),
+    ("retag", {"source_digest": "sha512:" + HEX + HEX}, {}, "source_digest"),
+    ("sensor", {"expected_digest": "sha256:" + HEX[:63]}, {}, "expected_digest"),
+    ("sensor", {"expected_digest": "sha256:" + HEX.upper()}, {}, "expected_digest"),
+    # tags of 129 and 301 characters, non-ASCII tags
+    ("retag", {"source_tag": "a" * 129}, {}, "source_tag"),
+    ("retag", {"target_tags": ["b" * 301]}, {}, "target_tags[0]"),
+    ("retag", {"target_tags": ["prod", "prød"]}, {}, "target_tags[1]"),
+    ("sensor", {"tag": "c" * 129}, {}, "tag"),
+    ("sensor", {"tag": "d" * 301}, {}, "tag"),
+    ("sensor", {"tag": "タグ"}, {}, "tag"),
+    ("retag", {"target_tags": [".hidden"]}, {}, "target_tags[0]"),
+    # repository names: upper case, leading slash, '..'
+    ("retag", {"repository_name": "Team/app"}, {}, "repository_name"),
+    ("sensor", {"repository_name": "/team/app"}, {}, "repository_name"),
+    ("hygiene", {"repository_name": "team/../app"}, {}, "repository_name"),
+    ("hygiene", {"repository_name": "team//app"}, {}, "repository_name"),
+    # registry ids
+    ("retag", {"registry_id": "12345678901"}, {}, "registry_id"),
+    ("sensor", {"registry_id": "1234567890123"}, {}, "registry_id"),
+    ("hygiene", {"registry_id": "12345678901a"}, {}, "registry_id"),
+    # targets that repeat, the target-list limits, the move rules
+    ("retag", {"target_tags": ["v1", "prod", "v1"]}, {}, "target_tags"),
+    ("retag", {"target_tags": "{{ params.targets }}"}, {"targets": []}, "target_tags"),
+    ("retag", {"target_tags": [f"t{i}" for i in range(100)]}, {}, "target_tags"),
+    ("retag", {"source_tag": None, "source_digest": None}, {}, "source_tag"),
+    ("retag", {"target_tags": ["sha-1"], "remove_source_tag": True}, {}, "target_tags"),
+    ("retag", {"source_tag": None, "source_digest": "sha256:" + HEX, "remove_source_tag": True}, {}, "remove_source_tag"),
+    # hygiene rules
+    ("hygiene", {"rules": [{"keep_latest": 2}]}, {}, "rules[0].tag_pattern"),
+    ("hygiene", {"rules": [{"tag_pattern": "sha-*", "keep_latest": -2}]}, {}, "rules[0].keep_latest"),
+    ("hygiene", {"rules": [{"tag_pattern": "sha-*", "keep_latest": "20"}]}, {}, "rules[0].keep_latest"),
+    ("hygiene", {"rules": [{"tag_pattern": "pr-*", "older_than_days": -0.5}]}, {}, "rules[0].older_than_days"),
+    ("hygiene", {"protect": ["v*", 3]}, {}, "protect"),
+    ("hygiene", {"allow_image_deletion": "yes"}, {}, "allow_image_deletion"),
+]
+
+
+@pytest.fixture
+def ecr(ecr_double):
+    ecr_double.create_repository(REPO)
+    ecr_double.push(REPO, build_image("oci", "app"), ["sha-1", "latest"])
+    ecr_double.reset_calls()
+    return ecr_double
+
+
+def build(kind, overrides):
+    cls, defaults = KINDS[kind]
+    return cls(task_id=f"bad_{kind}", **{**defaults, **AWS, **overrides})
+
+
+def render(operator, params):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    context = {**make_context(), "params": ParamsDict(params)}
+    operator.render_template_fields(context)
+    return context
+
+
+def test_the_table_is_big_enough_and_covers_every_task_type():
+    assert len(CASES) >= 30
+    assert {kind for kind, *_ in CASES} == set(KINDS)
+
+
+@pytest.mark.parametrize(("kind", "overrides", "params", "field"), CASES, ids=[f"{c[0]}-{c[3]}-{i}" for i, c in enumerate(CASES)])
+def test_bad_input(ecr, kind, overrides, params, field):
+    operator = build(kind, overrides)
+    context = render(operator, params)
+    with pytest.raises(InvalidInputError) as error:
+        operator.execute(context)
+    assert isinstance(error.value, AirflowFailException)  # no retries burnt
+    assert error.value.field == field
+    assert str(error.value).startswith(f"{field}: ")
+    assert ecr.total_calls == 0
+
+
+def test_manifest_over_4_mib_from_the_registry_is_never_re_put(ecr):
+    client = ecr.client()
+    image = build_image("oci", "app")
+    # ECR itself refuses such a manifest (the double does too) ...
+    oversized = json.loads(image.manifest) | {"annotations": {"pad": "x" * 4_194_304}}
+    with pytest.raises(client.exceptions.InvalidParameterException, match="imageManifest"):
+        client.put_image(repositoryName=REPO, imageManifest=json.dumps(oversized), imageTag="big")
+    ecr.reset_calls()
+    # ... and if a read ever returned one, the operator refuses before writing.
+    from airflow_ecr_retag.manifests import manifest_digest
+    from airflow_ecr_retag.retag import PromotionRequest, promote
+
+    def inflate(parsed, **_):
+        for entry in parsed.get("images", []):
+            entry["imageManifest"] = json.dumps(oversized)
+            entry["imageId"]["imageDigest"] = manifest_digest(entry["imageManifest"])
+
+    client.meta.events.register("after-call.ecr.BatchGetImage", inflate)
+    with pytest.raises(ManifestTooLargeError, match="^imageManifest: "):
+        promote(client, PromotionRequest.validated(repository_name=REPO, source_tag="sha-1", target_tags=["v2"]), region_name="us-east-1")
+    assert ecr.write_calls == 0

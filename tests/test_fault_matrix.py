@@ -1,0 +1,92 @@
+"""Fault matrix: every ECR call each task makes x every kind of fault, generated from clean runs.
+
+The calls are not written out here: a clean run of each scenario records them, and the matrix
+is every (scenario, n-th call of an operation, fault). Transient faults (throttle, server
+error, dropped connection) once must end in success through botocore's retries; a permanent
+failure (access denied on every call from that one on) must fail the task. After each run:
+no image was deleted, every tag has its old digest or its new one, and a clean re-run reaches
+the clean run's end state.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from airflow.providers.common.compat.sdk import AirflowFailException
+from scenarios import REPO, SCENARIOS
+
+from airflow_ecr_retag.testing import EcrDouble, Fault
+
+TRANSIENT = [Fault.THROTTLE, Fault.SERVER_ERROR, Fault.DROPPED_CONNECTION]
+
+
+def clean_run(scenario):
+    with EcrDouble() as ecr:
+        scenario.seed(ecr)
+        before_tags, before_images = ecr.tags(REPO), set(ecr.images(REPO))
+        ecr.reset_calls()
+        scenario.run()
+        calls = [c.operation for c in ecr.requests]
+        return {"calls": calls, "before_tags": before_tags, "before_images": before_images,
+                "end_tags": ecr.tags(REPO), "end_images": set(ecr.images(REPO))}
+
+
+def _call_points(calls):
+    seen = Counter()
+    points = []
+    for operation in calls:
+        seen[operation] += 1
+        points.append((operation, seen[operation]))
+    return points
+
+
+def _matrix():
+    import os
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    cases, baselines = [], {}
+    for scenario in SCENARIOS:
+        baseline = clean_run(scenario)
+        baselines[scenario.name] = baseline
+        for operation, nth in _call_points(baseline["calls"]):
+            for fault in [*TRANSIENT, Fault.ACCESS_DENIED]:
+                cases.append(pytest.param(scenario, operation, nth, fault, id=f"{scenario.name}-{operation}#{nth}-{fault.value}"))
+    return cases, baselines
+
+
+CASES, BASELINES = _matrix()
+
+
+def test_matrix_covers_every_operation_the_package_calls():
+    operations = {case.values[1] for case in CASES}
+    assert operations == {"BatchGetImage", "PutImage", "DescribeImages", "BatchDeleteImage"}
+    points = {name: len(b["calls"]) for name, b in BASELINES.items()}
+    # Reported size: the calls of each clean run x 4 kinds of fault.
+    print(f"fault matrix: {len(CASES)} cases from {points} calls x 4 faults")
+    assert len(CASES) == 4 * sum(points.values())
+
+
+@pytest.mark.parametrize(("scenario", "operation", "nth", "fault"), CASES)
+def test_fault(scenario, operation, nth, fault, monkeypatch):
+    # Botocore's backoff sleeps are skipped: they only slow the suite, the retry count is the point.
+    monkeypatch.setattr("botocore.retries.standard.ExponentialBackoff.delay_amount", lambda self, context: 0)
+    baseline = BASELINES[scenario.name]
+    with EcrDouble() as ecr:
+        scenario.seed(ecr)
+        ecr.inject(operation, fault, call=nth, times=1 if fault in TRANSIENT else None)
+        if fault in TRANSIENT:
+            scenario.run()
+            assert ecr.tags(REPO) == baseline["end_tags"]
+        else:
+            with pytest.raises(AirflowFailException, match="AccessDenied"):
+                scenario.run()
+        assert set(ecr.images(REPO)) >= baseline["before_images"], "an image was deleted"
+        tags = ecr.tags(REPO)
+        for tag in set(tags) | set(baseline["before_tags"]) | set(baseline["end_tags"]):
+            assert tags.get(tag) in {baseline["before_tags"].get(tag), baseline["end_tags"].get(tag)}, tag
+        ecr.clear_faults()
+        scenario.run()
+        assert ecr.tags(REPO) == baseline["end_tags"]
+        assert set(ecr.images(REPO)) == baseline["end_images"]
