@@ -64,3 +64,29 @@ socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
 @pytest.fixture
 def offline_guard() -> type[NetworkAccessError]:
     return NetworkAccessError
+
+
+# Every ECR operation that package code (calls through the Amazon provider's hooks, whose user
+# agent says "Airflow/") makes anywhere in the suite; checked against the README's IAM policy.
+from airflow_ecr_retag.testing.double import EcrDouble  # noqa: E402
+
+PACKAGE_OPERATIONS: set[str] = set()
+EcrDouble.observers.append(lambda call: PACKAGE_OPERATIONS.add(call.operation) if "Airflow/" in call.user_agent else None)
+
+
+def readme_policy_actions() -> set[str]:
+    import json
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = next(b for b in re.findall(r"```json\n(.*?)```", readme, re.S) if "AirflowEcrRetag" in b)
+    [statement] = json.loads(block)["Statement"]
+    return {action.split(":", 1)[1] for action in statement["Action"]}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    extra = PACKAGE_OPERATIONS - readme_policy_actions()
+    if extra:
+        print(f"\nThe suite saw package code call ECR operations missing from the README's IAM policy: {sorted(extra)}")
+        session.exitstatus = 1

@@ -127,10 +127,15 @@ class _Injection:
 
 @dataclass(frozen=True)
 class RecordedCall:
-    """One ECR request as the double received it (retries are separate calls)."""
+    """One ECR request as the double received it (retries are separate calls).
+
+    ``user_agent`` tells who called: the Amazon provider's hooks add ``Airflow/<version>`` and
+    ``Caller/<operator class>``.
+    """
 
     operation: str
     params: dict[str, Any]
+    user_agent: str = ""
 
 
 @dataclass
@@ -273,6 +278,9 @@ class EcrDouble:
             assert ecr.calls["PutImage"] == 0
     """
 
+    #: Callables given every :class:`RecordedCall` of every double in the process (for suite-wide checks).
+    observers: list[Callable[[RecordedCall], None]] = []
+
     def __init__(self, *, server: bool = False, region_name: str = DEFAULT_REGION):
         self.region_name = region_name
         self.serve = server
@@ -373,10 +381,13 @@ class EcrDouble:
             params = json.loads(handler.body) if handler.body else {}
         except ValueError:
             params = {}
+        recorded = RecordedCall(operation, params, str(handler.headers.get("User-Agent", "")))
         with self._lock:
             self.calls[operation] += 1
-            self.requests.append(RecordedCall(operation, params))
+            self.requests.append(recorded)
             due = [i for i in self._injections if i.operation in (operation, "*") and i.due()]
+        for observer in EcrDouble.observers:
+            observer(recorded)
         for injection in due:
             if callable(injection.action) and not isinstance(injection.action, Fault):
                 injection.action(self)
