@@ -1,7 +1,8 @@
-"""What "the tag is there" means, shared by the poke-mode sensor and the deferrable trigger.
+"""What "the tag is there" means, shared by the poke-mode sensor and the deferrable trigger's poller.
 
 Airflow-free. One check is one BatchGetImage: the digest comes back in ``imageId`` and a
-missing tag is a per-item ``ImageNotFound`` failure, not an exception.
+missing tag is a per-item ``ImageNotFound`` failure, not an exception. :func:`evaluate`
+judges one answer, whoever asked.
 """
 
 from __future__ import annotations
@@ -61,12 +62,3 @@ def check_tag(client: Any, wait: TagWait) -> TagCheck:
     found, failures = ecr.fetch_images(client, wait.repository_name, [ecr.ref(tag=wait.tag)], wait.registry_id)
     key = ("tag", wait.tag)
     return evaluate(wait, found.get(key), failures.get(key))
-
-
-async def check_tag_async(client: Any, wait: TagWait) -> TagCheck:
-    """One check through an aiobotocore client: one ECR call."""
-    response = await client.batch_get_image(**ecr.batch_get_params(wait.repository_name, [ecr.ref(tag=wait.tag)], wait.registry_id))
-    found, failures = ecr.parse_batch_get(response, {("tag", wait.tag)}, wait.registry_id)
-    key = ("tag", wait.tag)
-    return evaluate(wait, found.get(key), failures.get(key))
-

@@ -10,20 +10,21 @@ from typing import Any
 from airflow.providers.amazon.aws.hooks.ecr import EcrHook
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_ecr_retag.exceptions import EcrPermanentError, error_code, is_permanent
-from airflow_ecr_retag.waiting import TagWait, check_tag_async
-
-#: The longest pause between polls while ECR keeps failing transiently (throttling, 5xx).
-MAX_BACKOFF_SECONDS = 60.0
+from airflow_ecr_retag.exceptions import error_code
+from airflow_ecr_retag.triggers.polling import ClientKey, joined, shared_client
+from airflow_ecr_retag.waiting import TagWait
 
 
 class EcrTagTrigger(BaseTrigger):
     """
     Wait in the triggerer until ``tag`` exists in the repository (at ``expected_digest``, if given).
 
-    Each poll is one BatchGetImage. Throttling, server errors and dropped connections are
-    logged and retried (with backoff); the trigger does not die of them. A missing repository,
-    access denied or another error a retry cannot fix ends the wait at once with an error event.
+    Triggers in one triggerer share their async ECR clients and, per repository, one poller
+    (:mod:`airflow_ecr_retag.triggers.polling`): each round asks for every due trigger's tag
+    in BatchGetImage calls of at most 100 references. Throttling, server errors and dropped
+    connections are logged and retried with backoff; the trigger does not die of them. A
+    missing repository, access denied or another error a retry cannot fix ends the wait at
+    once with an error event.
 
     Events: ``{"status": "success", "digest", "tag", "repository_name"}``,
     ``{"status": "error", "code", "message"}`` or ``{"status": "timeout", "message"}``.
@@ -91,47 +92,20 @@ class EcrTagTrigger(BaseTrigger):
     def hook(self) -> EcrHook:
         return EcrHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify, config=self.botocore_config)
 
-    def _timed_out(self) -> bool:
-        return self.timeout_at is not None and time.time() >= self.timeout_at
-
-    def _timeout_event(self) -> TriggerEvent:
-        return TriggerEvent({"status": "timeout", "message": f"tag {self.tag!r} in {self.repository_name} did not appear in time"})
-
     async def run(self) -> AsyncIterator[TriggerEvent]:
         wait = self.wait
+        key = ClientKey.of(self.aws_conn_id, self.region_name, self.verify, self.botocore_config)
         try:
-            client_context = await self.hook().get_async_conn()
-        except Exception as error:
-            yield TriggerEvent({"status": "error", "code": type(error).__name__, "message": str(error)})
-            return
-        async with client_context as client:
-            failures_in_a_row = 0
-            while True:
-                delay = self.poke_interval
+            async with shared_client(key, self.hook().get_async_conn) as client, joined(key, client, wait, self.poke_interval) as waiter:
+                remaining = None if self.timeout_at is None else max(0.0, self.timeout_at - time.time())
                 try:
-                    check = await check_tag_async(client, wait)
-                except EcrPermanentError as error:
-                    yield TriggerEvent({"status": "error", "code": error.code, "message": str(error)})
-                    return
-                except Exception as error:
-                    if is_permanent(error):
-                        yield TriggerEvent({"status": "error", "code": error_code(error), "message": str(error)})
-                        return
-                    failures_in_a_row += 1
-                    delay = min(self.poke_interval * 2 ** (failures_in_a_row - 1), max(self.poke_interval, MAX_BACKOFF_SECONDS))
-                    self.log.warning("Transient error polling %s (%s); next poll in %.1f s", self.repository_name, error, delay)
-                else:
-                    failures_in_a_row = 0
-                    if check.done:
-                        self.log.info("%s", check.message)
-                        yield TriggerEvent(
-                            {"status": "success", "digest": check.digest, "tag": self.tag, "repository_name": self.repository_name}
-                        )
-                        return
-                    self.log.info("%s; next poll in %.1f s", check.message, delay)
-                if self._timed_out():
-                    yield self._timeout_event()
-                    return
-                if self.timeout_at is not None:
-                    delay = max(0.0, min(delay, self.timeout_at - time.time()))
-                await asyncio.sleep(delay)
+                    event = await asyncio.wait_for(asyncio.shield(waiter.outcome), remaining)
+                except asyncio.TimeoutError:
+                    event = {"status": "timeout", "message": f"tag {self.tag!r} in {self.repository_name} did not appear in time"}
+        except Exception as error:
+            event = {"status": "error", "code": error_code(error) or type(error).__name__, "message": str(error)}
+        if event["status"] == "success":
+            self.log.info("Tag %s in %s points at %s", self.tag, self.repository_name, event["digest"])
+        else:
+            self.log.warning("Wait for tag %s in %s ended: %s", self.tag, self.repository_name, event)
+        yield TriggerEvent(event)

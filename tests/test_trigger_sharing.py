@@ -1,0 +1,138 @@
+"""Deferrable waits at scale: triggers share clients and coalesce polls (real aiobotocore over HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from airflow_ecr_retag.testing import build_image
+from airflow_ecr_retag.triggers.polling import loop_state
+from airflow_ecr_retag.triggers.tag import EcrTagTrigger
+
+INTERVAL = 0.5
+
+
+def trigger(repository, tag, **kwargs):
+    params = {"repository_name": repository, "tag": tag, "poke_interval": INTERVAL, "timeout_at": time.time() + 60,
+              "aws_conn_id": None, "region_name": "us-east-1"}
+    return EcrTagTrigger(**{**params, **kwargs})
+
+
+async def first_event(t):
+    async for event in t.run():
+        return event.payload
+
+
+@pytest.fixture
+def served(ecr_double_server):
+    for r in range(5):
+        ecr_double_server.create_repository(f"team/svc{r}")
+    return ecr_double_server
+
+
+def test_50_triggers_on_5_repositories_make_at_most_5_calls_per_interval(served):
+    waits = [(f"team/svc{i % 5}", f"sha-{i}") for i in range(50)]
+    pushed = {}
+
+    async def scenario():
+        tasks = [asyncio.ensure_future(first_event(trigger(repo, tag))) for repo, tag in waits]
+        await asyncio.sleep(INTERVAL * 4 + 0.1)  # four intervals of "not yet"
+        waiting_calls = served.calls["BatchGetImage"]
+        for i, (repo, tag) in enumerate(waits):
+            pushed[tag] = served.push(repo, build_image("oci", f"img{i}"), [tag])
+        events = await asyncio.gather(*tasks)
+        assert not loop_state().pollers and not loop_state().clients  # all left, all closed
+        return waiting_calls, events
+
+    waiting_calls, events = asyncio.run(scenario())
+    assert waiting_calls <= 5 * 5  # 5 repositories x (1 + 4 intervals), instead of 50 per interval
+    for (repo, tag), event in zip(waits, events):
+        assert event == {"status": "success", "digest": pushed[tag], "tag": tag, "repository_name": repo}
+    assert max(len(c["imageIds"]) for c in served.requests_for("BatchGetImage")) == 10
+
+
+def test_a_missing_repository_errors_only_its_own_triggers(served):
+    digest = served.push("team/svc0", build_image("oci", "x"), ["here"])
+
+    async def scenario():
+        good = [asyncio.ensure_future(first_event(trigger("team/svc0", "here"))) for _ in range(3)]
+        missing = [asyncio.ensure_future(first_event(trigger("team/gone", f"t{i}"))) for i in range(4)]
+        return await asyncio.gather(*good), await asyncio.gather(*missing)
+
+    good, missing = asyncio.run(scenario())
+    assert all(e["status"] == "success" and e["digest"] == digest for e in good)
+    assert all(e["status"] == "error" and e["code"] == "RepositoryNotFoundException" for e in missing)
+
+
+def test_each_trigger_gets_its_own_outcome_including_per_item_expectations(served):
+    a = served.push("team/svc1", build_image("oci", "a"), ["prod"])
+    b = served.push("team/svc1", build_image("oci", "b"))
+
+    async def scenario():
+        at_a = asyncio.ensure_future(first_event(trigger("team/svc1", "prod", expected_digest=a)))
+        at_b = asyncio.ensure_future(first_event(trigger("team/svc1", "prod", expected_digest=b, timeout_at=time.time() + 1.5)))
+        return await at_a, await at_b
+
+    at_a, at_b = asyncio.run(scenario())
+    assert at_a["status"] == "success" and at_a["digest"] == a
+    assert at_b["status"] == "timeout"  # same tag, other digest: "not yet" for this one only
+
+
+def test_cancelling_half_the_triggers_leaves_the_others_working(served):
+    async def scenario():
+        tasks = [asyncio.ensure_future(first_event(trigger("team/svc2", f"t{i}"))) for i in range(10)]
+        await asyncio.sleep(INTERVAL + 0.1)
+        for task in tasks[:5]:
+            task.cancel()
+        await asyncio.sleep(INTERVAL + 0.1)
+        calls_after_cancel = [c for c in served.requests_for("BatchGetImage")][-1]["imageIds"]
+        digests = {f"t{i}": served.push("team/svc2", build_image("oci", f"c{i}"), [f"t{i}"]) for i in range(5, 10)}
+        events = await asyncio.gather(*tasks[5:])
+        cancelled = [t.cancelled() for t in tasks[:5]]
+        return calls_after_cancel, digests, events, cancelled
+
+    last_poll, digests, events, cancelled = asyncio.run(scenario())
+    assert all(cancelled)
+    assert sorted(r["imageTag"] for r in last_poll) == [f"t{i}" for i in range(5, 10)]  # the cancelled ones left
+    assert [e["digest"] for e in events] == [digests[f"t{i}"] for i in range(5, 10)]
+
+
+def test_different_connection_or_region_never_share_a_client(served, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_OTHER", json.dumps({"conn_type": "aws", "login": "other", "password": "other-secret"}))
+    served.create_repository("team/svc0", region_name="us-west-2")
+    seen = {}
+
+    async def scenario():
+        tasks = [
+            asyncio.ensure_future(first_event(trigger("team/svc0", "x", timeout_at=time.time() + 1.2))),
+            asyncio.ensure_future(first_event(trigger("team/svc0", "y", timeout_at=time.time() + 1.2))),
+            asyncio.ensure_future(first_event(trigger("team/svc0", "x", region_name="us-west-2", timeout_at=time.time() + 1.2))),
+            asyncio.ensure_future(first_event(trigger("team/svc0", "x", aws_conn_id="aws_other", timeout_at=time.time() + 1.2))),
+        ]
+        await asyncio.sleep(INTERVAL)
+        seen["clients"] = {(k.aws_conn_id, k.region_name) for k in loop_state().clients}
+        seen["pollers"] = len(loop_state().pollers)
+        return await asyncio.gather(*tasks)
+
+    events = asyncio.run(scenario())
+    assert seen["clients"] == {(None, "us-east-1"), (None, "us-west-2"), ("aws_other", "us-east-1")}
+    assert seen["pollers"] == 3
+    assert all(e["status"] == "timeout" for e in events)
+
+
+def test_throttling_backs_off_the_whole_poller(served):
+    from airflow_ecr_retag.testing import Fault
+
+    served.inject("BatchGetImage", Fault.THROTTLE, times=2)
+    digests = {f"t{i}": served.push("team/svc3", build_image("oci", f"th{i}"), [f"t{i}"]) for i in range(20)}
+
+    async def scenario():
+        no_retry = {"retries": {"mode": "standard", "total_max_attempts": 1}}
+        return await asyncio.gather(*(first_event(trigger("team/svc3", f"t{i}", poke_interval=0.1, botocore_config=no_retry)) for i in range(20)))
+
+    events = asyncio.run(scenario())
+    assert [e["digest"] for e in events] == [digests[f"t{i}"] for i in range(20)]
+    assert served.calls["BatchGetImage"] == 3  # two throttled polls for all 20, then one that answers all
