@@ -49,6 +49,7 @@ from airflow_ecr_retag.testing.images import (
     OCI_CONFIG,
     OCI_LAYER,
     BuiltImage,
+    build_image,
 )
 
 DEFAULT_REGION = "us-east-1"
@@ -298,7 +299,7 @@ class EcrDouble:
             stack.enter_context(mock_aws())
             stack.enter_context(_installed(self))
             if self.serve:
-                self.endpoint_url = stack.enter_context(_serving())
+                self.endpoint_url = stack.enter_context(_serving(self))
             self._stack = stack
         except BaseException:
             stack.close()
@@ -777,8 +778,86 @@ def _installed(double: EcrDouble) -> Iterator[None]:
             ECRResponse.call_action = original_call_action  # type: ignore[method-assign]
 
 
+CONTROL_PREFIX = "/_ecr_double/"
+
+
+def _control(double: EcrDouble, environ: dict, start_response: Any) -> list[bytes]:
+    """The double's control API, for tests and benchmarks in other processes (see :class:`RemoteEcrDouble`)."""
+    action = environ["PATH_INFO"][len(CONTROL_PREFIX):]
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = json.loads(environ["wsgi.input"].read(length) or b"{}") if length else {}
+    try:
+        if action == "calls":
+            result: Any = {"calls": dict(double.calls), "requests": len(double.requests)}
+        elif action == "reset-calls":
+            double.reset_calls()
+            result = {}
+        elif action == "create-repository":
+            double.create_repository(body["repository"], mutability=body.get("mutability", "MUTABLE"))
+            result = {}
+        elif action == "seed":
+            result = {"digests": [
+                double.push(body["repository"], build_image(i.get("kind", "oci"), i["name"]), i.get("tags", []), pushed_at=i.get("pushed_at"))
+                for i in body["images"]
+            ]}
+        elif action == "move-tags":
+            for move in body["moves"]:
+                double.move_tag(body["repository"], move["tag"], move["digest"])
+            result = {"at": time.time()}
+        elif action == "tags":
+            result = {"tags": double.tags(body["repository"])}
+        else:
+            start_response("404 Not Found", [("Content-Type", "application/json")])
+            return [json.dumps({"error": f"unknown action {action!r}"}).encode()]
+    except Exception as error:  # reported to the caller, who is a test
+        start_response("400 Bad Request", [("Content-Type", "application/json")])
+        return [json.dumps({"error": f"{type(error).__name__}: {error}"}).encode()]
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps(result).encode()]
+
+
+class RemoteEcrDouble:
+    """Drive a double served by another process (``python -m airflow_ecr_retag.testing serve``).
+
+    :param endpoint_url: the server's endpoint, as printed by ``serve``.
+    """
+
+    def __init__(self, endpoint_url: str):
+        self.endpoint_url = endpoint_url.rstrip("/")
+
+    def _post(self, action: str, **body: Any) -> Any:
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"{self.endpoint_url}{CONTROL_PREFIX}{action}", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"}, method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return json.loads(response.read())
+
+    def calls(self) -> Counter[str]:
+        return Counter(self._post("calls")["calls"])
+
+    def reset_calls(self) -> None:
+        self._post("reset-calls")
+
+    def create_repository(self, repository: str, mutability: str = "MUTABLE") -> None:
+        self._post("create-repository", repository=repository, mutability=mutability)
+
+    def seed(self, repository: str, images: list[dict[str, Any]]) -> list[str]:
+        """Push images directly (not counted): each ``{"kind", "name", "tags", "pushed_at"}``."""
+        return self._post("seed", repository=repository, images=images)["digests"]
+
+    def move_tags(self, repository: str, moves: list[dict[str, str]]) -> float:
+        """Point tags at digests directly, as other actors' pushes would; returns the server's time."""
+        return self._post("move-tags", repository=repository, moves=moves)["at"]
+
+    def tags(self, repository: str) -> dict[str, str]:
+        return self._post("tags", repository=repository)["tags"]
+
+
 @contextlib.contextmanager
-def _serving() -> Iterator[str]:
+def _serving(double: EcrDouble) -> Iterator[str]:
     """Serve moto on 127.0.0.1 with a free port, dropping connections on request."""
     from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
@@ -791,6 +870,8 @@ def _serving() -> Iterator[str]:
             app = DomainDispatcherApplication(create_backend_app)
 
             def dropping_app(environ: dict, start_response: Any) -> Any:
+                if environ.get("PATH_INFO", "").startswith(CONTROL_PREFIX):
+                    return _control(double, environ, start_response)
                 try:
                     return app(environ, start_response)
                 except ConnectionClosedError:
