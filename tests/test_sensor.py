@@ -60,18 +60,12 @@ def test_execute_in_poke_mode_pushes_the_digest(ecr):
 
 
 def test_execute_waits_until_the_tag_appears(ecr):
-    digest_box = {}
-
-    def push_later():
-        time.sleep(0.5)
-        digest_box["digest"] = ecr.push(REPO, build_image("oci", "later"), ["sha-1"])
-
-    pusher = threading.Thread(target=push_later)
-    pusher.start()
+    image = build_image("oci", "later")
+    # CI pushes the tag after the sensor's second poke and before its third.
+    ecr.before_call("BatchGetImage", lambda d: d.push(REPO, image, ["sha-1"]), call=3)
     result = sensor().execute(make_context())
-    pusher.join()
-    assert result == digest_box["digest"]
-    assert ecr.calls["BatchGetImage"] >= 2  # one call per poke, several pokes
+    assert result == image.digest
+    assert ecr.calls["BatchGetImage"] == 3  # one call per poke: two "not yet", one found
 
 
 def test_missing_repository_fails_at_once(ecr):
@@ -164,15 +158,12 @@ def trigger_for(served, **kwargs):
 
 
 def test_trigger_succeeds_when_the_tag_is_pushed_while_it_polls(served):
-    box = {}
-
-    def push_later():
-        time.sleep(1.0)
-        box["digest"] = served.push(REPO, build_image("oci-index", "later"), ["sha-1"])
-
-    event = run_trigger(trigger_for(served), during=push_later)
-    assert event == {"status": "success", "digest": box["digest"], "tag": "sha-1", "repository_name": REPO}
-    assert served.calls["BatchGetImage"] >= 3
+    image = build_image("oci-index", "later")
+    # The tag is pushed after the trigger's second poll, before its third.
+    served.before_call("BatchGetImage", lambda d: d.push(REPO, image, ["sha-1"]), call=3)
+    event = run_trigger(trigger_for(served))
+    assert event == {"status": "success", "digest": image.digest, "tag": "sha-1", "repository_name": REPO}
+    assert served.calls["BatchGetImage"] == 3
 
 
 def test_trigger_waits_for_the_expected_digest(served):
@@ -225,10 +216,14 @@ def test_trigger_stops_cleanly_on_cancellation(served):
 
 
 def test_trigger_honours_poke_interval(served):
-    trigger = trigger_for(served, poke_interval=0.5, timeout_at=time.time() + 1.6)
+    trigger = trigger_for(served, poke_interval=0.5, timeout_at=time.time() + 2.6)
     event = run_trigger(trigger)
     assert event["status"] == "timeout"
-    assert 3 <= served.calls["BatchGetImage"] <= 5
+    polls = [c.at for c in served.requests if c.operation == "BatchGetImage"]
+    gaps = [b - a for a, b in zip(polls, polls[1:])]
+    assert len(polls) >= 2
+    assert all(gap >= 0.45 for gap in gaps), gaps  # never faster than the interval
+    assert all(gap <= 1.5 for gap in gaps), gaps  # and not left idle for much longer
 
 
 def test_execute_complete_returns_the_digest_or_fails():

@@ -137,6 +137,8 @@ class RecordedCall:
     operation: str
     params: dict[str, Any]
     user_agent: str = ""
+    #: When the double received it (``time.time()``).
+    at: float = 0.0
 
 
 @dataclass
@@ -382,7 +384,7 @@ class EcrDouble:
             params = json.loads(handler.body) if handler.body else {}
         except ValueError:
             params = {}
-        recorded = RecordedCall(operation, params, str(handler.headers.get("User-Agent", "")))
+        recorded = RecordedCall(operation, params, str(handler.headers.get("User-Agent", "")), time.time())
         with self._lock:
             self.calls[operation] += 1
             self.requests.append(recorded)

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_SECONDS = 60.0
 #: A trigger due within this share of its interval rides along with the current poll.
 RIDE_ALONG_SHARE = 0.25
+#: A joining trigger's first poll waits this long, so triggers joining together share it
+#: (a triggerer starting or resuming hundreds of waits at once makes one call, not hundreds).
+JOIN_GATHER_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ class RepositoryPoller:
             _settle(waiter, {"status": "error", "code": type(error).__name__, "message": f"poller failed: {error}"})
 
     def add(self, waiter: Waiter) -> None:
-        waiter.next_due = time.monotonic()
+        waiter.next_due = time.monotonic() + JOIN_GATHER_SECONDS
         self.waiters[waiter.ident] = waiter
         self._wake.set()
 
