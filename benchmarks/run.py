@@ -107,10 +107,10 @@ run, ceil(removals / 100) BatchDeleteImage calls.
 
 Notes:
 - Dry run meets the lower bound exactly.
-- The real run is above the lower bound by ceil(affected images / 100) DescribeImages calls: the
-  re-check of the affected images' current tags right before deleting (the issue requires it, so
-  a tag moved since the snapshot is never removed). It could be cut for images whose tags are all
-  removed anyway only by giving up that protection, which this package does not do.
+- The real run is above the lower bound by the re-check of the affected images' current tags
+  right before deleting, so that a tag moved since the snapshot is never removed: the cheaper of
+  ceil(affected images / 100) DescribeImages by digest and ceil(images / 1000) pages, here the
+  10 pages. Dropping it would give up that protection, which this package does not do.
 
 ## 3. Waiting at scale: deferrable tag waits in one event loop
 
