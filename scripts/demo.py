@@ -169,14 +169,15 @@ def main() -> int:
         print(f"   images before {len(ecr.images(REPO))}, after {len(images_after)}: none lost")
     print("\nTags whose digest changed (digests shortened; '-' = no such tag):")
     print(table([("before", before), ("after release", after_release), ("after hygiene", after)]))
-    print(f"\nFull Airflow output: {log}")
     print("Against a real AWS account: unset AWS_ENDPOINT_URL_ECR and give Airflow an `aws_default` connection, e.g.\n"
           "  airflow connections add aws_default --conn-type aws --conn-extra '{\"region_name\": \"eu-west-1\"}'\n"
           "(credentials from the usual AWS chain or the connection), then trigger example_ecr_release with "
           '{"repository": "<your repo>", "sha": "<commit>", "version": "<version>"}.')
-    if os.environ.get("DEMO_KEEP_HOME") != "1":
+    if os.environ.get("DEMO_KEEP_HOME") == "1":
+        print(f"\nAirflow homes and the full `airflow dags test` output ({log.name}, gate.log) kept in {home}")
+    else:
         shutil.rmtree(home, ignore_errors=True)
-        print(f"(removed {home}; set DEMO_KEEP_HOME=1 to keep it)")
+        print(f"\n(Airflow homes removed; DEMO_KEEP_HOME=1 make demo keeps them, with the full `airflow dags test` output)")
     return 0
 
 
