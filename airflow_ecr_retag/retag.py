@@ -114,7 +114,8 @@ def promote(client: Any, request: PromotionRequest, *, region_name: str, log: lo
     for tag in unchanged:
         log.info("Tag %s: already at %s", tag, source.digest)
     added = []
-    for tag in to_set:
+    # Moves first: in an immutable repository the first move fails before any new tag is written.
+    for tag in sorted(to_set, key=lambda t: t not in moved):
         if ecr.put_tag(client, repo, source, tag, registry):
             added.append(tag)
             if tag in moved:
@@ -128,7 +129,11 @@ def promote(client: Any, request: PromotionRequest, *, region_name: str, log: lo
             log.info("Tag %s: already at %s", tag, source.digest)
 
     removed = _remove_source_tag(client, request, source.digest, log) if request.remove_source_tag else False
-    return _report(request, source, region_name, added=added, unchanged=unchanged, moved=moved, source_tag_removed=removed)
+    in_target_order = request.target_tags.index
+    return _report(
+        request, source, region_name, added=sorted(added, key=in_target_order), unchanged=sorted(unchanged, key=in_target_order),
+        moved=moved, source_tag_removed=removed,
+    )
 
 
 def _remove_source_tag(client: Any, request: PromotionRequest, digest: str, log: Any) -> bool:

@@ -338,3 +338,13 @@ def test_target_tags_rendered_as_text_by_a_template_are_parsed_back(ecr):
     assert operator.target_tags == "['v3', 'prod']"  # what non-native Jinja renders
     operator.execute(context)
     assert ecr.tags(REPO)["v3"] == ecr.tags(REPO)["prod"] == digest
+
+
+def test_immutable_conflict_fails_before_any_new_tag_is_written(ecr):
+    ecr.create_repository("locked", mutability="IMMUTABLE")
+    other = ecr.push("locked", build_image("oci", "other"), ["prod"])
+    ecr.push("locked", build_image("oci", "new"), ["sha-1"])
+    with pytest.raises(ImmutableTagError, match=other):
+        run(repository_name="locked", target_tags=["v5", "v6", "prod"])
+    assert set(ecr.tags("locked")) == {"prod", "sha-1"}  # v5 and v6 were not written
+    assert ecr.calls["PutImage"] == 1
