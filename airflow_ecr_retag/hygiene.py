@@ -151,10 +151,6 @@ class Plan:
     protected: list[str] = field(default_factory=list)
     images_deleted: list[str] = field(default_factory=list)
 
-    @property
-    def removal_count(self) -> int:
-        return sum(len(tags) for tags in self.remove.values())
-
 
 def plan(current_tags: dict[str, list[str]], candidates: dict[str, list[str]], allow_image_deletion: bool) -> Plan:
     """Per image, which candidate tags go. Without deletion allowed, one tag always stays."""

@@ -85,8 +85,6 @@ class RepositoryPoller:
         self.registry_id = registry_id
         self.repository_name = repository_name
         self.waiters: dict[int, Waiter] = {}
-        self.polls = 0
-        self.calls = 0
         self._wake = asyncio.Event()
         self._on_empty = on_empty
         self._failures_in_a_row = 0
@@ -125,7 +123,6 @@ class RepositoryPoller:
             await self._poll(due)
 
     async def _poll(self, due: list[Waiter]) -> None:
-        self.polls += 1
         tags = list(dict.fromkeys(w.wait.tag for w in due))
         started = time.monotonic()
         try:
@@ -166,7 +163,6 @@ class RepositoryPoller:
 
     async def _batch(self, tags: list[str]) -> tuple[dict, dict]:
         refs = [ecr.ref(tag=t) for t in tags]
-        self.calls += 1
         response = await self.client.batch_get_image(**ecr.batch_get_params(self.repository_name, refs, self.registry_id))
         return ecr.parse_batch_get(response, {ecr.ref_key(r) for r in refs}, self.registry_id)
 
