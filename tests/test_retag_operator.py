@@ -348,3 +348,13 @@ def test_immutable_conflict_fails_before_any_new_tag_is_written(ecr):
         run(repository_name="locked", target_tags=["v5", "v6", "prod"])
     assert set(ecr.tags("locked")) == {"prod", "sha-1"}  # v5 and v6 were not written
     assert ecr.calls["PutImage"] == 1
+
+
+def test_cross_account_registry_id_reaches_every_call_and_the_uri(ecr):
+    ecr.create_repository("shared/app", registry_id="222222222222")
+    digest = ecr.push("shared/app", build_image("oci-index", "x"), ["sha-1"], registry_id="222222222222")
+    returned, xcom = run(repository_name="shared/app", registry_id="222222222222", target_tags=["prod"])
+    assert returned == digest
+    assert ecr.tags("shared/app", registry_id="222222222222")["prod"] == digest
+    assert xcom["promotion"]["image_uri"] == f"222222222222.dkr.ecr.us-east-1.amazonaws.com/shared/app@{digest}"
+    assert all(call.params.get("registryId") == "222222222222" for call in ecr.requests)
