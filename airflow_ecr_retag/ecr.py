@@ -3,7 +3,7 @@
 Read: :func:`fetch_images` (BatchGetImage, 100 references a call, all manifest media types
 accepted so ECR never translates), :func:`describe_image`, :func:`describe_all` (the
 DescribeImages paginator). Write: :func:`put_tag`, :func:`remove_tags`. Every optional API
-argument goes through ``prune_dict``-style pruning, so ``registry_id=None`` means the
+argument goes through Airflow's ``prune_dict``, so ``registry_id=None`` means the
 caller's own registry.
 """
 
@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from airflow.utils.helpers import prune_dict
 
 from airflow_ecr_retag.exceptions import DigestMismatchError, ImmutableTagError, ManifestTooLargeError, error_code
 from airflow_ecr_retag.manifests import MANIFEST_MEDIA_TYPES, MAX_MANIFEST_CHARS, declared_media_type, manifest_digest
@@ -25,8 +27,8 @@ DESCRIBE_PAGE_SIZE = 1000
 
 
 def pruned(**params: Any) -> dict[str, Any]:
-    """The API arguments that are set (the provider's ``prune_dict`` without an Airflow import)."""
-    return {k: v for k, v in params.items() if v is not None}
+    """The API arguments that are set: Airflow's ``prune_dict``, called with keywords."""
+    return prune_dict(params)
 
 
 def chunks(items: Sequence[Any], size: int = MAX_IMAGE_IDS) -> Iterator[Sequence[Any]]:
