@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench prove-timing clean
 
 $(STAMP): pyproject.toml constraints/tested.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 ## bench: benchmarks against the ECR double's HTTP server; writes benchmarks/RESULTS.md
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+
+## prove-timing: every test marked `timing`, 30 rounds in a row with both cores busy
+prove-timing: $(STAMP)
+	$(PY) scripts/prove_timing.py --runs $(or $(RUNS),30)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,7 +1,9 @@
-"""Shared test helpers: a minimal task context and operator construction."""
+"""Shared test helpers: a minimal task context, operator arguments, and a recorder of poller decisions."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -20,3 +22,45 @@ def make_context() -> dict[str, Any]:
 
 
 AWS = {"aws_conn_id": None, "region_name": "us-east-1"}
+
+
+@dataclass
+class PollEvent:
+    """What a repository poller did, on its own monotonic clock: ``start``/``end`` of a poll, or ``leave``."""
+
+    kind: str
+    at: float
+    waiters: int
+    repository: str
+
+
+class PollRecorder:
+    """Records what the triggers' pollers decide (when polls start and end, when triggers leave).
+
+    Timing tests assert on these, not on when requests reach the server: transport delays
+    (connection set-up, a loaded machine) move arrival times, never the poller's decisions.
+    """
+
+    def __init__(self, monkeypatch: Any) -> None:
+        from airflow_ecr_retag.triggers import polling
+
+        self.events: list[PollEvent] = []
+        poll, remove = polling.RepositoryPoller._poll, polling.RepositoryPoller.remove
+        recorder = self
+
+        async def recorded_poll(poller: Any, due: list) -> None:
+            recorder.events.append(PollEvent("start", time.monotonic(), len(due), poller.repository_name))
+            try:
+                await poll(poller, due)
+            finally:
+                recorder.events.append(PollEvent("end", time.monotonic(), len(due), poller.repository_name))
+
+        def recorded_remove(poller: Any, waiter: Any) -> None:
+            remove(poller, waiter)
+            recorder.events.append(PollEvent("leave", time.monotonic(), len(poller.waiters), poller.repository_name))
+
+        monkeypatch.setattr(polling.RepositoryPoller, "_poll", recorded_poll)
+        monkeypatch.setattr(polling.RepositoryPoller, "remove", recorded_remove)
+
+    def times(self, kind: str, repository: str | None = None) -> list[float]:
+        return [e.at for e in self.events if e.kind == kind and repository in (None, e.repository)]

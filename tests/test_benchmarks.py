@@ -59,6 +59,7 @@ def test_hygiene_benchmark_counts(double_env):
     assert "lower bound" in hygiene.report(results)
 
 
+@pytest.mark.timing
 def test_waiting_benchmark_outcomes(double_env):
     endpoint, _ = double_env
     results = waiting.run(endpoint, sizes=(6,), interval=0.5)

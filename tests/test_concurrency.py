@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from helpers import make_context
 
 from airflow_ecr_retag import EcrRetagOperator
 from airflow_ecr_retag.testing import build_image, push_image
+
+# Sleeps, measures time or races threads: proven under load by scripts/prove_timing.py.
+pytestmark = pytest.mark.timing
 
 REPO = "team/app"
 AWS = {"aws_conn_id": None, "region_name": "us-east-1"}

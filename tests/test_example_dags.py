@@ -83,6 +83,7 @@ def test_release_dag_refuses_an_image_re_pushed_after_its_test(served, dagbag):
     assert "v2" not in served.tags(REPO) and "prod" not in served.tags(REPO)
 
 
+@pytest.mark.timing
 def test_wait_for_prod_dag_defers_until_prod_reaches_the_digest(served, dagbag):
     expected = served.push(REPO, build_image("oci-index", "expected"))
     served.push(REPO, build_image("oci", "current"), ["prod"])

@@ -10,11 +10,12 @@ import time
 
 import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSensorTimeout
-from helpers import AWS, make_context
+from helpers import AWS, PollRecorder, make_context
 
 from airflow_ecr_retag import EcrTagSensor
 from airflow_ecr_retag.exceptions import EcrPermanentError, InvalidInputError
 from airflow_ecr_retag.testing import Fault, build_image
+from airflow_ecr_retag.triggers.polling import loop_state
 from airflow_ecr_retag.triggers.tag import EcrTagTrigger
 
 REPO = "team/app"
@@ -59,6 +60,7 @@ def test_execute_in_poke_mode_pushes_the_digest(ecr):
     assert sensor().execute(make_context()) == digest
 
 
+@pytest.mark.timing
 def test_execute_waits_until_the_tag_appears(ecr):
     image = build_image("oci", "later")
     # CI pushes the tag after the sensor's second poke and before its third.
@@ -130,6 +132,7 @@ def served(ecr_double_server):
     return ecr_double_server
 
 
+@pytest.mark.timing
 def test_deferrable_defers_with_a_serializable_trigger(served):
     from airflow.providers.common.compat.sdk import TaskDeferred
 
@@ -157,6 +160,7 @@ def trigger_for(served, **kwargs):
     return EcrTagTrigger(**{**params, **kwargs})
 
 
+@pytest.mark.timing
 def test_trigger_succeeds_when_the_tag_is_pushed_while_it_polls(served):
     image = build_image("oci-index", "later")
     # The tag is pushed after the trigger's second poll, before its third.
@@ -166,6 +170,7 @@ def test_trigger_succeeds_when_the_tag_is_pushed_while_it_polls(served):
     assert served.calls["BatchGetImage"] == 3
 
 
+@pytest.mark.timing
 def test_trigger_waits_for_the_expected_digest(served):
     expected = served.push(REPO, build_image("oci", "expected"))
     served.push(REPO, build_image("oci", "other"), ["prod"])
@@ -185,6 +190,7 @@ def test_trigger_error_event_for_a_missing_repository(served):
     assert served.calls["BatchGetImage"] == 1
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("fault", [Fault.THROTTLE, Fault.SERVER_ERROR, Fault.DROPPED_CONNECTION])
 def test_trigger_survives_transient_errors_and_keeps_polling(served, fault):
     # botocore's own retries off, so the trigger's loop is what survives the errors.
@@ -196,34 +202,52 @@ def test_trigger_survives_transient_errors_and_keeps_polling(served, fault):
     assert served.calls["BatchGetImage"] == 4
 
 
+@pytest.mark.timing
 def test_trigger_times_out(served):
     event = run_trigger(trigger_for(served, timeout_at=time.time() + 0.5))
     assert event["status"] == "timeout"
 
 
-def test_trigger_stops_cleanly_on_cancellation(served):
+@pytest.mark.timing
+def test_trigger_stops_cleanly_on_cancellation(served, monkeypatch):
+    recorder = PollRecorder(monkeypatch)
+
     async def cancel_midway():
         task = asyncio.ensure_future(trigger_for(served).run().__anext__())
-        await asyncio.sleep(0.5)
+        while len(recorder.times("start")) < 2:  # cancelled while it polls
+            await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        return served.calls["BatchGetImage"]
+        state = loop_state()
+        left = dict(state.pollers), dict(state.clients)
+        await asyncio.sleep(0.6)  # three intervals with the loop still running
+        return left
 
-    polls = asyncio.run(cancel_midway())
-    time.sleep(0.5)
-    assert served.calls["BatchGetImage"] == polls  # nothing polls after cancellation
+    pollers, clients = asyncio.run(cancel_midway())
+    assert pollers == {} and clients == {}  # the poller stopped and the shared client was closed
+    [leave] = recorder.times("leave")
+    starts = recorder.times("start")
+    assert all(start < leave for start in starts)  # no poll started after the trigger left
+    # A poll started just before the cancellation may still be on the wire and reach the server
+    # late; the only one that may never arrive is the last, cancelled before it was sent.
+    assert len(starts) - 1 <= served.calls["BatchGetImage"] <= len(starts)
 
 
-def test_trigger_honours_poke_interval(served):
-    trigger = trigger_for(served, poke_interval=0.5, timeout_at=time.time() + 2.6)
-    event = run_trigger(trigger)
+@pytest.mark.timing
+def test_trigger_honours_poke_interval(served, monkeypatch):
+    recorder = PollRecorder(monkeypatch)
+    interval = 0.5
+    event = run_trigger(trigger_for(served, poke_interval=interval, timeout_at=time.time() + 2.6))
     assert event["status"] == "timeout"
-    polls = [c.at for c in served.requests if c.operation == "BatchGetImage"]
-    gaps = [b - a for a, b in zip(polls, polls[1:])]
-    assert len(polls) >= 2
-    assert all(gap >= 0.45 for gap in gaps), gaps  # never faster than the interval
-    assert all(gap <= 1.5 for gap in gaps), gaps  # and not left idle for much longer
+    starts, ends = recorder.times("start"), recorder.times("end")
+    assert len(starts) >= 3, starts
+    # Due an interval after the previous poll was sent, on the poller's clock: never sooner...
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert all(gap >= interval - 1e-9 for gap in gaps), gaps
+    # ...and not left idle past that (or past the previous answer, if it came later).
+    lateness = [nxt - max(start + interval, end) for start, end, nxt in zip(starts, ends, starts[1:])]
+    assert all(late <= 0.3 for late in lateness), lateness
 
 
 def test_execute_complete_returns_the_digest_or_fails():
