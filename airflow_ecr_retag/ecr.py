@@ -16,7 +16,8 @@ from typing import Any
 from airflow.utils.helpers import prune_dict
 
 from airflow_ecr_retag.exceptions import DigestMismatchError, ImmutableTagError, ManifestTooLargeError, error_code
-from airflow_ecr_retag.manifests import MANIFEST_MEDIA_TYPES, MAX_MANIFEST_CHARS, declared_media_type, manifest_digest
+from airflow_ecr_retag.core.limits import MAX_MANIFEST_CHARS
+from airflow_ecr_retag.core.manifests import MANIFEST_MEDIA_TYPES, declared_media_type, manifest_digest
 
 
 

@@ -46,7 +46,7 @@ with DAG(
 
         from airflow.providers.amazon.aws.hooks.ecr import EcrHook
 
-        from airflow_ecr_retag.manifests import MANIFEST_MEDIA_TYPES, manifest_digest
+        from airflow_ecr_retag.core.manifests import MANIFEST_MEDIA_TYPES, manifest_digest
 
         client = EcrHook(aws_conn_id="aws_default").conn
         [image] = client.batch_get_image(

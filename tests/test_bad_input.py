@@ -125,7 +125,7 @@ def test_manifest_over_4_mib_from_the_registry_is_never_re_put(ecr):
         client.put_image(repositoryName=REPO, imageManifest=json.dumps(oversized), imageTag="big")
     ecr.reset_calls()
     # ... and if a read ever returned one, the operator refuses before writing.
-    from airflow_ecr_retag.manifests import manifest_digest
+    from airflow_ecr_retag.core.manifests import manifest_digest
     from airflow_ecr_retag.retag import PromotionRequest, promote
 
     def inflate(parsed, **_):

@@ -14,7 +14,7 @@ import botocore.config
 import pytest
 from botocore.exceptions import ClientError
 
-from airflow_ecr_retag.manifests import (
+from airflow_ecr_retag.core.manifests import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     MANIFEST_MEDIA_TYPES,

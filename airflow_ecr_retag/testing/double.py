@@ -6,8 +6,8 @@ image operations (PutImage, BatchGetImage, BatchDeleteImage, DescribeImages, Lis
 with implementations that behave like ECR where this package depends on it, and adds a
 per-operation call counter, a request log, fault injection and direct seeding.
 
-See ``docs`` in the README ("Testing your own DAGs") and ``../shared/ECR-NOTES.md`` for the
-ECR behaviours reproduced here and where plain moto differs.
+The README's "Testing your own DAGs with the ECR double" lists the ECR behaviours reproduced
+here and where plain moto differs; each has a pinning test in ``tests/test_double.py``.
 """
 
 from __future__ import annotations
@@ -34,29 +34,22 @@ from moto.core.responses import ActionResult
 from moto.ecr.models import ecr_backends
 from moto.ecr.responses import ECRResponse
 
-from airflow_ecr_retag.manifests import (
-    DOCKER_MANIFEST,
-    DOCKER_MANIFEST_LIST,
-    INDEX_MEDIA_TYPES,
-    MAX_MANIFEST_CHARS,
-    OCI_INDEX,
-    OCI_MANIFEST,
-    manifest_digest,
-)
-from airflow_ecr_retag.testing.images import (
+from airflow_ecr_retag.core.limits import DEFAULT_MAX_RESULTS, MAX_IMAGE_IDS, MAX_MANIFEST_CHARS, MAX_RESULTS, MAX_TAG_CHARS
+from airflow_ecr_retag.core.manifests import (
     DOCKER_CONFIG,
     DOCKER_LAYER,
+    DOCKER_MANIFEST,
+    INDEX_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPES,
     OCI_CONFIG,
     OCI_LAYER,
-    BuiltImage,
-    build_image,
+    OCI_MANIFEST,
+    PUT_IMAGE_MEDIA_TYPES,
+    manifest_digest,
 )
+from airflow_ecr_retag.testing.images import BuiltImage, build_image
 
 DEFAULT_REGION = "us-east-1"
-MAX_TAG_CHARS = 300
-MAX_IMAGE_IDS = 100
-MAX_RESULTS_LIMIT = 1000
-DEFAULT_MAX_RESULTS = 100
 
 #: Operations that change registry state; read-only callers must make none of these.
 WRITE_OPERATIONS = frozenset(
@@ -66,11 +59,6 @@ WRITE_OPERATIONS = frozenset(
 
 _DIGEST_RE = re.compile(r"^[a-zA-Z0-9-_+.]+:[a-fA-F0-9]+$")
 _TAG_RE = re.compile(r"^[\w][\w.-]{0,299}$")
-_KNOWN_MEDIA_TYPES = frozenset(
-    {DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX,
-     "application/vnd.docker.distribution.manifest.v1+json",
-     "application/vnd.docker.distribution.manifest.v1+prettyjws"}
-)
 # ECR converts between these two single-platform formats when the stored one is not accepted.
 _TRANSLATION = {
     DOCKER_MANIFEST: (OCI_MANIFEST, {DOCKER_CONFIG: OCI_CONFIG, DOCKER_LAYER: OCI_LAYER}),
@@ -232,11 +220,11 @@ def _check_id_count(image_ids: list | None, where: str = "imageIds") -> list:
 def _paginate(items: list, max_results: Any, next_token: Any) -> tuple[list, str | None]:
     if max_results is None:
         max_results = DEFAULT_MAX_RESULTS
-    if not isinstance(max_results, int) or not 1 <= max_results <= MAX_RESULTS_LIMIT:
+    if not isinstance(max_results, int) or not 1 <= max_results <= MAX_RESULTS:
         raise EcrError(
             "InvalidParameterException",
             "Invalid parameter at 'maxResults' failed to satisfy constraint: "
-            f"'Member must have value less than or equal to {MAX_RESULTS_LIMIT}'",
+            f"'Member must have value less than or equal to {MAX_RESULTS}'",
         )
     start = 0
     if next_token:
@@ -576,7 +564,7 @@ class _Handlers(ECRResponse):
                 f"the manifest's mediaType '{field_type}'",
             )
         media_type = declared_type or field_type
-        if media_type not in _KNOWN_MEDIA_TYPES:
+        if media_type not in PUT_IMAGE_MEDIA_TYPES:
             raise EcrError("InvalidParameterException", f"Invalid parameter at 'imageManifestMediaType': unsupported media type '{media_type}'")
         digest = manifest_digest(manifest)
         if expected_digest is not None and expected_digest != digest:
@@ -650,7 +638,7 @@ class _Handlers(ECRResponse):
     def batch_get_image(self) -> ActionResult:
         repository = self._repo()
         image_ids = _check_id_count(self._get_param("imageIds"))
-        accepted = self._get_param("acceptedMediaTypes") or [DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX]
+        accepted = self._get_param("acceptedMediaTypes") or list(MANIFEST_MEDIA_TYPES)
         images, failures = [], []
         with self.double._lock:
             store = _images(repository)

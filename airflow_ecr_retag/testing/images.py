@@ -12,21 +12,20 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow_ecr_retag.manifests import (
+from airflow_ecr_retag.core.manifests import (
+    DOCKER_CONFIG,
+    DOCKER_LAYER,
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
+    OCI_CONFIG,
     OCI_INDEX,
+    OCI_LAYER,
     OCI_MANIFEST,
     manifest_digest,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 #: The kinds of image :func:`build_image` makes.
 IMAGE_KINDS = ("docker", "oci", "oci-no-mediatype", "oci-index", "docker-list")

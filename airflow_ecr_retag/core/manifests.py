@@ -18,9 +18,19 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 #: translates Docker <-> OCI manifests (new bytes, new digest) or refuses indexes.
 MANIFEST_MEDIA_TYPES: tuple[str, ...] = (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX)
 INDEX_MEDIA_TYPES: frozenset[str] = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
+#: Docker's old schema 1, which ECR still stores when pushed but nothing here produces.
+DOCKER_SCHEMA1_MANIFEST = "application/vnd.docker.distribution.manifest.v1+json"
+DOCKER_SCHEMA1_SIGNED_MANIFEST = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+#: Every manifest media type PutImage accepts.
+PUT_IMAGE_MEDIA_TYPES: frozenset[str] = frozenset(
+    {*MANIFEST_MEDIA_TYPES, DOCKER_SCHEMA1_MANIFEST, DOCKER_SCHEMA1_SIGNED_MANIFEST}
+)
 
-#: The ECR limit on the imageManifest parameter, in characters.
-MAX_MANIFEST_CHARS = 4_194_304
+#: Config and layer blob media types of single-platform images.
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
 def manifest_digest(manifest: str) -> str:
@@ -36,8 +46,3 @@ def declared_media_type(manifest: str) -> str | None:
         return None
     value = parsed.get("mediaType") if isinstance(parsed, dict) else None
     return value if isinstance(value, str) else None
-
-
-def is_index(media_type: str | None) -> bool:
-    """Whether the media type is a multi-arch index or manifest list."""
-    return media_type in INDEX_MEDIA_TYPES
