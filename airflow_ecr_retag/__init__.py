@@ -6,36 +6,29 @@ parsed often: the operators and the sensor are imported on first use.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from airflow_ecr_retag._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
+_OPERATORS = {
     "EcrRetagOperator": "airflow_ecr_retag.operators.retag",
     "EcrTagHygieneOperator": "airflow_ecr_retag.operators.hygiene",
-    "EcrTagSensor": "airflow_ecr_retag.sensors.tag",
 }
+_SENSORS = {
+    "EcrTagSensor": "airflow_ecr_retag.sensors.tag_sensor",
+}
+_TRIGGERS = ["airflow_ecr_retag.triggers.tag"]
+_EXPORTS = {**_OPERATORS, **_SENSORS}
 
 __all__ = [*_EXPORTS, "get_provider_info", "__version__"]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
     from airflow_ecr_retag.operators.hygiene import EcrTagHygieneOperator
     from airflow_ecr_retag.operators.retag import EcrRetagOperator
-    from airflow_ecr_retag.sensors.tag import EcrTagSensor
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+    from airflow_ecr_retag.sensors.tag_sensor import EcrTagSensor
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -55,19 +48,19 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "Amazon ECR Retag",
-                "python-modules": [m for m in _EXPORTS.values() if ".operators." in m],
+                "python-modules": sorted(set(_OPERATORS.values())),
             }
         ],
         "sensors": [
             {
                 "integration-name": "Amazon ECR Retag",
-                "python-modules": [m for m in _EXPORTS.values() if ".sensors." in m],
+                "python-modules": sorted(set(_SENSORS.values())),
             }
         ],
         "triggers": [
             {
                 "integration-name": "Amazon ECR Retag",
-                "python-modules": ["airflow_ecr_retag.triggers.tag"],
+                "python-modules": _TRIGGERS,
             }
         ],
         "extra-links": [

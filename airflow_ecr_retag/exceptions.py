@@ -1,9 +1,14 @@
-"""The package's errors, and the one mapping from ECR error codes to them.
+"""The errors tasks raise: each core error's ``AirflowFailException`` twin, and the one place that maps them.
 
-Every class here is an ``AirflowFailException``: Airflow fails the task at once instead of
-burning retries, because a retry cannot fix bad input, a missing repository or a guard that
-does not hold. Transient ECR errors (throttling, 5xx, dropped connections) are not mapped:
-botocore retries them (``botocore_config``), then Airflow's own retries apply.
+The core (:mod:`airflow_ecr_retag.core.errors`) raises plain exceptions. Every operator,
+sensor and trigger runs core code inside :func:`fail_fast`, which re-raises each core error
+as its twin here: an ``AirflowFailException``, so Airflow fails the task at once instead of
+burning retries, and still an instance of the core class, so either can be caught. ECR errors
+a retry cannot fix (``core.errors.PERMANENT_ERROR_CODES``) become :class:`EcrPermanentError`.
+Transient ones (throttling, 5xx, dropped connections) pass through for botocore's retry modes
+and Airflow's retries.
+
+In tests: ``pytest.raises(GuardFailedError)`` with the class from this module.
 """
 
 from __future__ import annotations
@@ -13,105 +18,80 @@ from collections.abc import Iterator
 
 from airflow.providers.common.compat.sdk import AirflowFailException
 
+from airflow_ecr_retag.core import errors as core
 
-class EcrRetagError(AirflowFailException):
+
+class EcrRetagError(core.EcrRetagError, AirflowFailException):
     """Base class: a failure a retry cannot fix."""
 
 
-class InvalidInputError(EcrRetagError, ValueError):
-    """A parameter breaks a rule. Raised before any ECR call.
-
-    :param field: the parameter's name, as the user wrote it.
-    :param rule: what the value must satisfy.
-    """
-
-    def __init__(self, field: str, rule: str, value: object = None, *, show_value: bool = True):
-        self.field = field
-        self.rule = rule
-        shown = f" (got {value!r})" if show_value else ""
-        super().__init__(f"{field}: {rule}{shown}")
+class InvalidInputError(EcrRetagError, core.InvalidInputError):
+    """A parameter breaks a rule (``field``, ``rule``). Raised before any ECR call."""
 
 
-class EcrPermanentError(EcrRetagError):
-    """ECR refused the request in a way a retry cannot fix (missing repository, access denied, ...).
-
-    :param code: the ECR error code.
-    """
-
-    def __init__(self, code: str, message: str):
-        self.code = code
-        super().__init__(f"{code}: {message}")
+class EcrPermanentError(EcrRetagError, core.EcrPermanentError):
+    """ECR refused the request in a way a retry cannot fix (``code``: the ECR error code)."""
 
 
-class ImageNotFoundError(EcrRetagError):
+class ImageNotFoundError(EcrRetagError, core.ImageNotFoundError):
     """The source image (tag or digest) is not in the repository."""
 
 
-class GuardFailedError(EcrRetagError):
+class GuardFailedError(EcrRetagError, core.GuardFailedError):
     """The source tag no longer points at the expected digest ("promote what was tested")."""
 
 
-class TargetExistsError(EcrRetagError):
+class TargetExistsError(EcrRetagError, core.TargetExistsError):
     """A target tag points at another image and ``overwrite=False``."""
 
 
-class ImmutableTagError(EcrRetagError):
+class ImmutableTagError(EcrRetagError, core.ImmutableTagError):
     """A target tag exists on another image in an immutable repository."""
 
 
-class DigestMismatchError(EcrRetagError):
+class DigestMismatchError(EcrRetagError, core.DigestMismatchError):
     """The manifest's bytes do not hash to the digest ECR reported or the user expected."""
 
 
-class ManifestTooLargeError(EcrRetagError):
+class ManifestTooLargeError(EcrRetagError, core.ManifestTooLargeError):
     """A manifest over ECR's PutImage limit: re-putting it would fail, so nothing is written."""
 
 
-class HygieneFailedError(EcrRetagError):
+class HygieneFailedError(EcrRetagError, core.HygieneFailedError):
     """Some tag removals failed; the report names them."""
 
 
-#: ECR (and IAM/STS) error codes a retry cannot fix.
-PERMANENT_ERROR_CODES = frozenset(
-    {
-        "RepositoryNotFoundException",
-        "InvalidParameterException",
-        "ValidationException",
-        "AccessDeniedException",
-        "AccessDenied",
-        "UnrecognizedClientException",
-        "InvalidSignatureException",
-        "LayersNotFoundException",
-        "ReferencedImagesNotFoundException",
-        "ImageDigestDoesNotMatchException",
-        "KmsException",
-        "RepositoryPolicyNotFoundException",
-    }
-)
+#: Each core error class and its twin (a core class without one fails the suite's check).
+TWINS: dict[type[core.EcrRetagError], type[EcrRetagError]] = {
+    base: twin
+    for twin in (EcrRetagError, *EcrRetagError.__subclasses__())
+    for base in twin.__bases__
+    if issubclass(base, core.EcrRetagError) and not issubclass(base, EcrRetagError)
+}
 
 
-def error_code(error: BaseException) -> str | None:
-    """The ECR error code of a botocore ``ClientError`` (or None for anything else)."""
-    response = getattr(error, "response", None)
-    if isinstance(response, dict):
-        return response.get("Error", {}).get("Code")
-    return None
-
-
-def is_permanent(error: BaseException) -> bool:
-    return error_code(error) in PERMANENT_ERROR_CODES
+def airflow_error(error: core.EcrRetagError) -> EcrRetagError:
+    """The twin of a core error, with the same message and attributes (``field``, ``code``, ...)."""
+    if isinstance(error, EcrRetagError):
+        return error
+    twin_class = next(TWINS[cls] for cls in type(error).__mro__ if cls in TWINS)
+    twin = twin_class.__new__(twin_class)
+    twin.args = error.args
+    twin.__dict__.update(error.__dict__)
+    return twin
 
 
 @contextlib.contextmanager
-def permanent_ecr_errors() -> Iterator[None]:
-    """Turn ECR errors that a retry cannot fix into :class:`EcrPermanentError`."""
+def fail_fast() -> Iterator[None]:
+    """Run core code for a task: what a retry cannot fix is raised as an ``AirflowFailException``."""
     try:
         yield
     except EcrRetagError:
         raise
     except Exception as error:
-        code = error_code(error)
-        if code in PERMANENT_ERROR_CODES:
-            message = error.response.get("Error", {}).get("Message", str(error))  # type: ignore[attr-defined]
-            raise EcrPermanentError(code, message) from error
-        raise
+        failure = core.as_core_error(error)
+        if failure is None:
+            raise
+        twin = airflow_error(failure).with_traceback(error.__traceback__)
+        # A botocore error stays attached as the cause; a core error's twin carries its traceback.
+        raise twin from (None if failure is error else error)

@@ -25,7 +25,7 @@ REPOSITORIES = 10
 async def one_client_per_trigger(repo: str, tag: str, interval: float) -> dict:
     from airflow.providers.amazon.aws.hooks.ecr import EcrHook
 
-    from airflow_ecr_retag import ecr
+    from airflow_ecr_retag.core import ecr
 
     hook = EcrHook(aws_conn_id=None, region_name="us-east-1")
     async with await hook.get_async_conn() as client:

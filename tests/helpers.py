@@ -42,7 +42,7 @@ class PollRecorder:
     """
 
     def __init__(self, monkeypatch: Any) -> None:
-        from airflow_ecr_retag.triggers import polling
+        from airflow_ecr_retag.core import tag_poller as polling
 
         self.events: list[PollEvent] = []
         poll, remove = polling.RepositoryPoller._poll, polling.RepositoryPoller.remove

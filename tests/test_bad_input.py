@@ -13,7 +13,7 @@ from airflow.providers.common.compat.sdk import AirflowFailException
 from helpers import AWS, make_context
 
 from airflow_ecr_retag import EcrRetagOperator, EcrTagHygieneOperator, EcrTagSensor
-from airflow_ecr_retag.exceptions import InvalidInputError, ManifestTooLargeError
+from airflow_ecr_retag.exceptions import InvalidInputError
 from airflow_ecr_retag.testing import build_image
 
 REPO = "team/app"
@@ -126,7 +126,8 @@ def test_manifest_over_4_mib_from_the_registry_is_never_re_put(ecr):
     ecr.reset_calls()
     # ... and if a read ever returned one, the operator refuses before writing.
     from airflow_ecr_retag.core.manifests import manifest_digest
-    from airflow_ecr_retag.retag import PromotionRequest, promote
+    from airflow_ecr_retag.core import errors as core_errors
+    from airflow_ecr_retag.core.promotion import PromotionRequest, promote
 
     def inflate(parsed, **_):
         for entry in parsed.get("images", []):
@@ -134,6 +135,6 @@ def test_manifest_over_4_mib_from_the_registry_is_never_re_put(ecr):
             entry["imageId"]["imageDigest"] = manifest_digest(entry["imageManifest"])
 
     client.meta.events.register("after-call.ecr.BatchGetImage", inflate)
-    with pytest.raises(ManifestTooLargeError, match="^imageManifest: "):
+    with pytest.raises(core_errors.ManifestTooLargeError, match="^imageManifest: "):  # the core's own error
         promote(client, PromotionRequest.validated(repository_name=REPO, source_tag="sha-1", target_tags=["v2"]), region_name="us-east-1")
     assert ecr.write_calls == 0

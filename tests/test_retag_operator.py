@@ -11,7 +11,6 @@ from helpers import AWS, make_context
 
 from airflow_ecr_retag import EcrRetagOperator
 from airflow_ecr_retag.exceptions import (
-    DigestMismatchError,
     EcrPermanentError,
     GuardFailedError,
     ImageNotFoundError,
@@ -20,7 +19,8 @@ from airflow_ecr_retag.exceptions import (
     TargetExistsError,
 )
 from airflow_ecr_retag.links import EcrImageLink
-from airflow_ecr_retag.retag import PromotionRequest, promote
+from airflow_ecr_retag.core import errors as core_errors
+from airflow_ecr_retag.core.promotion import PromotionRequest, promote
 from airflow_ecr_retag.testing import Fault, build_image
 
 REPO = "team/app"
@@ -229,7 +229,7 @@ def test_manifest_that_does_not_hash_to_its_digest_is_never_written(ecr):
 
     client.meta.events.register("after-call.ecr.BatchGetImage", reserialise)
     request = PromotionRequest.validated(repository_name=REPO, source_tag="sha-1", target_tags=["prod"])
-    with pytest.raises(DigestMismatchError):
+    with pytest.raises(core_errors.DigestMismatchError):  # the core's own error: no operator here
         promote(client, request, region_name="us-east-1")
     assert ecr.write_calls == 0
 

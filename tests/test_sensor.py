@@ -15,7 +15,7 @@ from helpers import AWS, PollRecorder, make_context
 from airflow_ecr_retag import EcrTagSensor
 from airflow_ecr_retag.exceptions import EcrPermanentError, InvalidInputError
 from airflow_ecr_retag.testing import Fault, build_image
-from airflow_ecr_retag.triggers.polling import loop_state
+from airflow_ecr_retag.core.tag_poller import loop_state
 from airflow_ecr_retag.triggers.tag import EcrTagTrigger
 
 REPO = "team/app"
@@ -102,7 +102,7 @@ def test_bad_input_fails_before_any_call(ecr, overrides, field):
 
 
 def test_poke_mode_does_not_import_aiobotocore():
-    code = "import sys; import airflow_ecr_retag.sensors.tag; print('aiobotocore' in sys.modules)"
+    code = "import sys; import airflow_ecr_retag.sensors.tag_sensor; print('aiobotocore' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "False"
 

@@ -10,7 +10,7 @@ import pytest
 from helpers import PollRecorder
 
 from airflow_ecr_retag.testing import build_image
-from airflow_ecr_retag.triggers.polling import loop_state
+from airflow_ecr_retag.core.tag_poller import loop_state
 from airflow_ecr_retag.triggers.tag import EcrTagTrigger
 
 # Sleeps, measures time or races threads: proven under load by scripts/prove_timing.py.

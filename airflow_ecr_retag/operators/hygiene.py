@@ -7,8 +7,8 @@ from airflow.providers.amazon.aws.hooks.ecr import EcrHook
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 
-from airflow_ecr_retag.exceptions import HygieneFailedError, permanent_ecr_errors
-from airflow_ecr_retag.hygiene import HygieneRequest, run_hygiene
+from airflow_ecr_retag.core.tag_hygiene import HygieneRequest, run_hygiene
+from airflow_ecr_retag.exceptions import HygieneFailedError, fail_fast
 from airflow_ecr_retag.links import EcrRepositoryLink
 
 if TYPE_CHECKING:
@@ -26,7 +26,8 @@ class EcrTagHygieneOperator(AwsBaseOperator[EcrHook]):
     image always keeps at least one tag, so no image is deleted. Per-item failures are
     reported, the rest goes on, and the task fails at the end naming them.
 
-    The report (XCom ``return_value``) holds ``removed`` (``{tag, digest}``), ``kept_count``,
+    The report is XCom ``hygiene_report`` whether the task succeeds or fails (and also
+    ``return_value`` when it succeeds). It holds ``removed`` (``{tag, digest}``), ``kept_count``,
     ``skipped_last_tag``, ``images_deleted``, ``failed`` (with the ECR code), ``dry_run``,
     and also ``protected``, ``skipped_moved``, ``already_absent``, ``images_scanned`` and
     ``tags_scanned``.
@@ -78,15 +79,15 @@ class EcrTagHygieneOperator(AwsBaseOperator[EcrHook]):
         self.dry_run = dry_run
 
     def execute(self, context: Context) -> dict[str, Any]:
-        request = HygieneRequest.validated(
-            repository_name=self.repository_name,
-            rules=self.rules,
-            registry_id=self.registry_id,
-            protect=self.protect,
-            allow_image_deletion=self.allow_image_deletion,
-            dry_run=self.dry_run,
-        )
-        with permanent_ecr_errors():
+        with fail_fast():
+            request = HygieneRequest.validated(
+                repository_name=self.repository_name,
+                rules=self.rules,
+                registry_id=self.registry_id,
+                protect=self.protect,
+                allow_image_deletion=self.allow_image_deletion,
+                dry_run=self.dry_run,
+            )
             client = self.hook.conn
             report = run_hygiene(client, request, log=self.log)
         EcrRepositoryLink.persist(
@@ -97,8 +98,8 @@ class EcrTagHygieneOperator(AwsBaseOperator[EcrHook]):
             registry_id=report["registry_id"],
             repository_name=request.repository_name,
         )
+        context["ti"].xcom_push(key="hygiene_report", value=report)
         if report["failed"]:
-            context["ti"].xcom_push(key="hygiene_report", value=report)
             names = ", ".join(f"{f['tag']} ({f['code']})" for f in report["failed"])
             raise HygieneFailedError(f"{len(report['failed'])} tag removals failed: {names}; the rest was done")
         return report

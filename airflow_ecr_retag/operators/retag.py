@@ -7,9 +7,9 @@ from airflow.providers.amazon.aws.hooks.ecr import EcrHook
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 
-from airflow_ecr_retag.exceptions import permanent_ecr_errors
+from airflow_ecr_retag.core.promotion import PromotionRequest, promote
+from airflow_ecr_retag.exceptions import fail_fast
 from airflow_ecr_retag.links import EcrImageLink
-from airflow_ecr_retag.retag import PromotionRequest, promote
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -80,19 +80,19 @@ class EcrRetagOperator(AwsBaseOperator[EcrHook]):
         self.remove_source_tag = remove_source_tag
 
     def execute(self, context: Context) -> str:
-        request = PromotionRequest.validated(
-            repository_name=self.repository_name,
-            source_tag=self.source_tag,
-            source_digest=self.source_digest,
-            target_tags=self.target_tags,
-            registry_id=self.registry_id,
-            overwrite=self.overwrite,
-            remove_source_tag=self.remove_source_tag,
-        )
-        self.log.info(
-            "Promoting %s in %s to %s", request.source_label, request.repository_name, ", ".join(request.target_tags)
-        )
-        with permanent_ecr_errors():
+        with fail_fast():
+            request = PromotionRequest.validated(
+                repository_name=self.repository_name,
+                source_tag=self.source_tag,
+                source_digest=self.source_digest,
+                target_tags=self.target_tags,
+                registry_id=self.registry_id,
+                overwrite=self.overwrite,
+                remove_source_tag=self.remove_source_tag,
+            )
+            self.log.info(
+                "Promoting %s in %s to %s", request.source_label, request.repository_name, ", ".join(request.target_tags)
+            )
             client = self.hook.conn
             promotion = promote(client, request, region_name=client.meta.region_name, log=self.log)
         context["ti"].xcom_push(key="promotion", value=promotion)

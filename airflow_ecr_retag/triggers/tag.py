@@ -10,9 +10,9 @@ from typing import Any
 from airflow.providers.amazon.aws.hooks.ecr import EcrHook
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_ecr_retag.exceptions import error_code
-from airflow_ecr_retag.triggers.polling import ClientKey, joined, shared_client
-from airflow_ecr_retag.waiting import TagWait
+from airflow_ecr_retag.core.errors import error_code
+from airflow_ecr_retag.core.tag_poller import ClientKey, joined, shared_client
+from airflow_ecr_retag.core.tag_wait import TagWait
 
 
 class EcrTagTrigger(BaseTrigger):
@@ -20,7 +20,7 @@ class EcrTagTrigger(BaseTrigger):
     Wait in the triggerer until ``tag`` exists in the repository (at ``expected_digest``, if given).
 
     Triggers in one triggerer share their async ECR clients and, per repository, one poller
-    (:mod:`airflow_ecr_retag.triggers.polling`): each round asks for every due trigger's tag
+    (:mod:`airflow_ecr_retag.core.tag_poller`): each round asks for every due trigger's tag
     in BatchGetImage calls of at most 100 references. Throttling, server errors and dropped
     connections are logged and retried with backoff; the trigger does not die of them. A
     missing repository, access denied or another error a retry cannot fix ends the wait at

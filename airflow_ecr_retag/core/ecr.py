@@ -1,10 +1,10 @@
-"""Airflow-free ECR primitives over a boto3 (or aiobotocore-shaped) ECR client.
+"""ECR primitives over a boto3 (or aiobotocore) ECR client: the one home of every ECR call the package makes.
 
 Read: :func:`fetch_images` (BatchGetImage, 100 references a call, all manifest media types
-accepted so ECR never translates), :func:`describe_image`, :func:`describe_all` (the
-DescribeImages paginator). Write: :func:`put_tag`, :func:`remove_tags`. Every optional API
-argument goes through Airflow's ``prune_dict``, so ``registry_id=None`` means the
-caller's own registry.
+accepted so ECR never translates) and :func:`fetch_images_async` for the triggers,
+:func:`describe_image`, :func:`describe_images` (by digest, 100 a call), :func:`describe_all`
+(the DescribeImages paginator). Write: :func:`put_tag`, :func:`remove_tags`. Optional API
+arguments go through :func:`pruned`, so ``registry_id=None`` means the caller's own registry.
 """
 
 from __future__ import annotations
@@ -13,23 +13,21 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from airflow.utils.helpers import prune_dict
-
-from airflow_ecr_retag.exceptions import DigestMismatchError, ImmutableTagError, ManifestTooLargeError, error_code
-from airflow_ecr_retag.core.limits import MAX_MANIFEST_CHARS
+from airflow_ecr_retag.core.errors import DigestMismatchError, ImmutableTagError, ManifestTooLargeError, error_code
+from airflow_ecr_retag.core.limits import MAX_IMAGE_IDS, MAX_MANIFEST_CHARS, MAX_RESULTS
 from airflow_ecr_retag.core.manifests import MANIFEST_MEDIA_TYPES, declared_media_type, manifest_digest
 
-
-
-#: imageIds per BatchGetImage, BatchDeleteImage and DescribeImages call.
-MAX_IMAGE_IDS = 100
-#: DescribeImages page size used for whole-repository reads.
-DESCRIBE_PAGE_SIZE = 1000
+#: DescribeImages page size used for whole-repository reads: the most ECR allows.
+DESCRIBE_PAGE_SIZE = MAX_RESULTS
 
 
 def pruned(**params: Any) -> dict[str, Any]:
-    """The API arguments that are set: Airflow's ``prune_dict``, called with keywords."""
-    return prune_dict(params)
+    """The API arguments that are set (not None).
+
+    What Airflow's ``prune_dict`` does in its default mode for these flat argument dicts; the
+    core stays Airflow-free, so it is not imported.
+    """
+    return {name: value for name, value in params.items() if value is not None}
 
 
 def chunks(items: Sequence[Any], size: int = MAX_IMAGE_IDS) -> Iterator[Sequence[Any]]:
@@ -88,6 +86,16 @@ def fetch_images(
     return found, failures
 
 
+async def fetch_images_async(
+    client: Any, repository_name: str, refs: Sequence[dict[str, str]], registry_id: str | None = None
+) -> tuple[dict[tuple[str, str], FetchedImage], dict[tuple[str, str], dict[str, Any]]]:
+    """:func:`fetch_images` for an aiobotocore client, for at most 100 references (one call)."""
+    if len(refs) > MAX_IMAGE_IDS:
+        raise ValueError(f"at most {MAX_IMAGE_IDS} references per BatchGetImage call, got {len(refs)}")
+    response = await client.batch_get_image(**batch_get_params(repository_name, refs, registry_id))
+    return parse_batch_get(response, {ref_key(r) for r in refs}, registry_id)
+
+
 def batch_get_params(repository_name: str, refs: Sequence[dict[str, str]], registry_id: str | None = None) -> dict[str, Any]:
     """BatchGetImage arguments, accepting every manifest media type so ECR never translates."""
     return pruned(
@@ -126,16 +134,35 @@ def _answer_key(image_id: dict[str, str], wanted: set[tuple[str, str]]) -> tuple
 
 def describe_image(client: Any, repository_name: str, digest: str, registry_id: str | None = None) -> dict[str, Any] | None:
     """DescribeImages for one digest: the image's details (with its current tags), or None."""
-    try:
-        response = client.describe_images(
-            **pruned(registryId=registry_id, repositoryName=repository_name, imageIds=[ref(digest=digest)])
-        )
-    except Exception as error:
-        if error_code(error) == "ImageNotFoundException":
-            return None
-        raise
-    details = response.get("imageDetails", [])
-    return details[0] if details else None
+    return describe_images(client, repository_name, [digest], registry_id).get(digest)
+
+
+def describe_images(
+    client: Any, repository_name: str, digests: Sequence[str], registry_id: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """DescribeImages by digest, 100 a call: each image's details; images that are gone are absent."""
+    details: dict[str, dict[str, Any]] = {}
+
+    def read(batch: Sequence[str]) -> None:
+        try:
+            response = client.describe_images(
+                **pruned(registryId=registry_id, repositoryName=repository_name, imageIds=[ref(digest=d) for d in batch])
+            )
+        except Exception as error:
+            if error_code(error) != "ImageNotFoundException":
+                raise
+            # One id in the batch is gone and ECR fails the whole call: find it by halving.
+            if len(batch) > 1:
+                middle = len(batch) // 2
+                read(batch[:middle])
+                read(batch[middle:])
+            return
+        for detail in response.get("imageDetails", []):
+            details[detail["imageDigest"]] = detail
+
+    for batch in chunks(list(digests)):
+        read(batch)
+    return details
 
 
 def describe_all(client: Any, repository_name: str, registry_id: str | None = None) -> Iterator[list[dict[str, Any]]]:

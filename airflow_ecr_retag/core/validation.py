@@ -1,6 +1,6 @@
 """Input rules shared by every operator and the sensor: one home for them and their messages.
 
-Each check raises :class:`~airflow_ecr_retag.exceptions.InvalidInputError` naming the field
+Each check raises :class:`~airflow_ecr_retag.core.errors.InvalidInputError` naming the field
 and the rule, and runs on rendered values in ``execute`` before any ECR call.
 """
 
@@ -11,16 +11,21 @@ import json
 import re
 from typing import Any
 
-from airflow_ecr_retag.exceptions import InvalidInputError
+from airflow_ecr_retag.core.errors import InvalidInputError
+from airflow_ecr_retag.core.limits import (
+    MAX_IMAGE_IDS,
+    MAX_REPOSITORY_NAME_CHARS,
+    MAX_TAG_CHARS,
+    MIN_REPOSITORY_NAME_CHARS,
+)
 
 REPOSITORY_NAME_RE = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*")
 #: The OCI distribution-spec tag grammar (at most 128 characters).
 TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 REGISTRY_ID_RE = re.compile(r"[0-9]{12}")
-MAX_TAG_CHARS = 300
 #: One BatchGetImage takes 100 references: the source plus at most 99 targets.
-MAX_TARGET_TAGS = 99
+MAX_TARGET_TAGS = MAX_IMAGE_IDS - 1
 
 
 def _text(field: str, value: Any) -> str:
@@ -35,10 +40,10 @@ def _text(field: str, value: Any) -> str:
 
 def repository_name(value: Any, field: str = "repository_name") -> str:
     value = _text(field, value)
-    if not 2 <= len(value) <= 256 or not REPOSITORY_NAME_RE.fullmatch(value):
+    if not MIN_REPOSITORY_NAME_CHARS <= len(value) <= MAX_REPOSITORY_NAME_CHARS or not REPOSITORY_NAME_RE.fullmatch(value):
         raise InvalidInputError(
             field,
-            "must be an ECR repository name: 2-256 characters of lower-case letters, digits and "
+            f"must be an ECR repository name: {MIN_REPOSITORY_NAME_CHARS}-{MAX_REPOSITORY_NAME_CHARS} characters of lower-case letters, digits and "
             "'.', '_', '-' separators, with '/' between path components (no leading '/', no '..')",
             value,
         )
@@ -74,6 +79,13 @@ def registry_id(value: Any, field: str = "registry_id") -> str | None:
     value = _text(field, value)
     if not REGISTRY_ID_RE.fullmatch(value):
         raise InvalidInputError(field, "must be a 12-digit AWS account id", value)
+    return value
+
+
+def flag(value: Any, field: str) -> bool:
+    """A boolean parameter: True or False, never a truthy string from a template."""
+    if not isinstance(value, bool):
+        raise InvalidInputError(field, "must be True or False", value)
     return value
 
 

@@ -1,4 +1,4 @@
-"""Promotion: add tags to an existing image by re-putting its manifest (Airflow-free).
+"""Promotion: add tags to an existing image by re-putting its manifest.
 
 Calls, in order: one BatchGetImage for the source and every target; one PutImage per
 target that does not point at the image yet; with ``remove_source_tag``, one DescribeImages
@@ -11,8 +11,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_ecr_retag import ecr, validation
-from airflow_ecr_retag.exceptions import GuardFailedError, ImageNotFoundError, InvalidInputError, TargetExistsError
+from airflow_ecr_retag.core import ecr, validation
+from airflow_ecr_retag.core.errors import GuardFailedError, ImageNotFoundError, InvalidInputError, TargetExistsError
 
 _module_log = logging.getLogger(__name__)
 
@@ -48,9 +48,8 @@ class PromotionRequest:
             raise InvalidInputError("source_tag", "give source_tag, source_digest, or both (guard)", None)
         targets = validation.tag_list(target_tags, "target_tags", max_items=validation.MAX_TARGET_TAGS)
         registry_id = validation.registry_id(registry_id)
-        for name, flag in (("overwrite", overwrite), ("remove_source_tag", remove_source_tag)):
-            if not isinstance(flag, bool):
-                raise InvalidInputError(name, "must be True or False", flag)
+        overwrite = validation.flag(overwrite, "overwrite")
+        remove_source_tag = validation.flag(remove_source_tag, "remove_source_tag")
         if remove_source_tag:
             if source_tag is None:
                 raise InvalidInputError("remove_source_tag", "needs source_tag: there is no tag to remove", None)

@@ -1,9 +1,14 @@
 """Tag hygiene: decide from one repository snapshot which tags to remove, then remove them safely.
 
-Airflow-free. Calls: the DescribeImages paginator (1000 images a page) once; for a real
-run, a re-check of the affected images' current tags (one DescribeImages per 100 of them, or
-the paginator again when that is fewer calls), then one BatchDeleteImage per 100 tags. Tags are only ever removed by tag. With
-``allow_image_deletion=False`` an image's last tag is never removed, so no image is deleted.
+Calls: the DescribeImages paginator (1000 images a page) once; for a real run, a re-check of
+the affected images' current tags (one DescribeImages per 100 of them, or the paginator again
+when that is fewer calls), then one BatchDeleteImage per 100 tags. Tags are only ever removed
+by tag. With ``allow_image_deletion=False`` an image's last tag is never removed, so no image
+is deleted.
+
+:func:`run_hygiene` runs the steps in order, each a function of its own: :func:`read_snapshot`,
+:func:`select`, :func:`apply_protection`, :func:`recheck`, :func:`plan`, :func:`remove_planned`,
+:func:`build_report`.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from airflow_ecr_retag import ecr, validation
-from airflow_ecr_retag.exceptions import InvalidInputError, error_code
+from airflow_ecr_retag.core import ecr, validation
+from airflow_ecr_retag.core.errors import InvalidInputError
 
 _module_log = logging.getLogger(__name__)
 
@@ -83,9 +88,8 @@ class HygieneRequest:
         registry = validation.registry_id(registry_id)
         parsed = parse_rules(rules)
         protected = validation.patterns(protect, "protect")
-        for name, flag in (("allow_image_deletion", allow_image_deletion), ("dry_run", dry_run)):
-            if not isinstance(flag, bool):
-                raise InvalidInputError(name, "must be True or False", flag)
+        allow_image_deletion = validation.flag(allow_image_deletion, "allow_image_deletion")
+        dry_run = validation.flag(dry_run, "dry_run")
         return cls(repository, registry, parsed, protected, allow_image_deletion, dry_run)
 
 
@@ -144,12 +148,25 @@ def _protected(tag: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(tag, p) for p in patterns)
 
 
+def apply_protection(selected: dict[str, str], patterns: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """Split the selected tags: candidates for removal (digest -> tags) and the protected ones (sorted)."""
+    protected = sorted(t for t in selected if _protected(t, patterns))
+    candidates: dict[str, list[str]] = {}
+    for tag, digest in selected.items():
+        if tag not in protected:
+            candidates.setdefault(digest, []).append(tag)
+    return candidates, protected
+
+
 @dataclass
 class Plan:
     remove: dict[str, list[str]] = field(default_factory=dict)  # digest -> tags to remove
     skipped_last_tag: list[dict[str, str]] = field(default_factory=list)
-    protected: list[str] = field(default_factory=list)
     images_deleted: list[str] = field(default_factory=list)
+
+    @property
+    def tag_to_digest(self) -> dict[str, str]:
+        return {t: d for d, tags in self.remove.items() for t in tags}
 
 
 def plan(current_tags: dict[str, list[str]], candidates: dict[str, list[str]], allow_image_deletion: bool) -> Plan:
@@ -180,99 +197,124 @@ def current_tags(client: Any, request: HygieneRequest, digests: Sequence[str], s
     of the repository is affected, re-reading all of it is fewer calls (10 pages instead of 100
     calls at 10,000 images) and tells the same.
     """
-    tags: dict[str, list[str]] = {}
     if math.ceil(len(snapshot.images) / ecr.DESCRIBE_PAGE_SIZE) < math.ceil(len(digests) / ecr.MAX_IMAGE_IDS):
         wanted = set(digests)
+        tags: dict[str, list[str]] = {}
         for page in ecr.describe_all(client, request.repository_name, request.registry_id):
             tags.update({d["imageDigest"]: list(d.get("imageTags", [])) for d in page if d["imageDigest"] in wanted})
         return tags
+    details = ecr.describe_images(client, request.repository_name, digests, request.registry_id)
+    return {digest: list(detail.get("imageTags", [])) for digest, detail in details.items()}
 
-    def read(batch: Sequence[str]) -> None:
-        try:
-            response = client.describe_images(
-                **ecr.pruned(registryId=request.registry_id, repositoryName=request.repository_name,
-                             imageIds=[ecr.ref(digest=d) for d in batch])
-            )
-        except Exception as error:
-            if error_code(error) != "ImageNotFoundException":
-                raise
-            # One id in the batch is gone and ECR fails the whole call: find it by halving.
-            if len(batch) > 1:
-                middle = len(batch) // 2
-                read(batch[:middle])
-                read(batch[middle:])
-            return
-        for detail in response.get("imageDetails", []):
-            tags[detail["imageDigest"]] = list(detail.get("imageTags", []))
 
-    for batch in ecr.chunks(list(digests)):
-        read(batch)
-    return tags
+def recheck(
+    client: Any, request: HygieneRequest, snapshot: Snapshot, candidates: dict[str, list[str]], log: Any = _module_log
+) -> tuple[dict[str, list[str]], list[dict[str, str]]]:
+    """The tags to plan from, and the candidates that moved since the snapshot.
+
+    A real run re-reads the affected images right before deleting, so a tag moved meanwhile is
+    left alone; a dry run (or nothing to remove) plans from the snapshot and makes no call.
+    """
+    if request.dry_run or not candidates:
+        return {d: list(detail.get("imageTags", [])) for d, detail in snapshot.images.items()}, []
+    now_tags = current_tags(client, request, list(candidates), snapshot)
+    moved = [
+        {"tag": tag, "digest": digest}
+        for digest, tags in candidates.items()
+        for tag in tags
+        if tag not in now_tags.get(digest, [])
+    ]
+    for entry in moved:
+        log.info("Tag %s no longer on %s since the snapshot: left untouched", entry["tag"], entry["digest"])
+    return now_tags, moved
+
+
+@dataclass
+class Removal:
+    """What removing the plan's tags did (or, in a dry run, would do)."""
+
+    removed: list[dict[str, str]] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    already_absent: list[dict[str, str]] = field(default_factory=list)
+    images_deleted: list[str] = field(default_factory=list)
+
+
+def remove_planned(client: Any, request: HygieneRequest, decided: Plan, log: Any = _module_log) -> Removal:
+    """BatchDeleteImage by tag, 100 a call, reporting per-item failures and going on; a dry run only reports."""
+    tag_to_digest = decided.tag_to_digest
+    if request.dry_run:
+        return Removal(
+            removed=[{"tag": t, "digest": d} for t, d in sorted(tag_to_digest.items())],
+            images_deleted=list(decided.images_deleted),
+        )
+    outcome = Removal()
+    batches = math.ceil(len(tag_to_digest) / ecr.MAX_IMAGE_IDS)
+    removals = ecr.remove_tags(client, request.repository_name, sorted(tag_to_digest), request.registry_id)
+    for number, (ids, failures) in enumerate(removals, start=1):
+        outcome.removed.extend(
+            {"tag": i["imageTag"], "digest": i.get("imageDigest", tag_to_digest.get(i["imageTag"], ""))}
+            for i in ids
+            if "imageTag" in i
+        )
+        for failure in failures:
+            tag = failure.get("imageId", {}).get("imageTag", "")
+            entry = {
+                "tag": tag,
+                "digest": tag_to_digest.get(tag, ""),
+                "code": failure.get("failureCode", ""),
+                "reason": failure.get("failureReason", ""),
+            }
+            (outcome.already_absent if entry["code"] == "ImageNotFound" else outcome.failed).append(entry)
+        log.info("Batch %d/%d done: %d removed so far", number, batches, len(outcome.removed))
+    gone_tags = {r["tag"] for r in outcome.removed}
+    outcome.images_deleted = [d for d in decided.images_deleted if set(decided.remove.get(d, [])) <= gone_tags]
+    return outcome
+
+
+def build_report(
+    request: HygieneRequest,
+    snapshot: Snapshot,
+    protected: list[str],
+    decided: Plan,
+    moved: list[dict[str, str]],
+    removal: Removal,
+) -> dict[str, Any]:
+    """The report: see the operator's docstring and the README for each field."""
+    return {
+        "repository_name": request.repository_name,
+        "registry_id": request.registry_id or next((d.get("registryId") for d in snapshot.images.values()), None),
+        "dry_run": request.dry_run,
+        "removed": removal.removed,
+        "kept_count": snapshot.tag_count - len(removal.removed) - len(removal.already_absent),
+        "skipped_last_tag": decided.skipped_last_tag,
+        "images_deleted": removal.images_deleted if request.allow_image_deletion else [],
+        "failed": removal.failed,
+        "protected": protected,
+        "skipped_moved": moved,
+        "already_absent": removal.already_absent,
+        "images_scanned": len(snapshot.images),
+        "tags_scanned": snapshot.tag_count,
+    }
 
 
 def run_hygiene(client: Any, request: HygieneRequest, *, now: datetime | None = None, log: Any = _module_log) -> dict[str, Any]:
     """Apply ``request`` to the repository and return the report."""
-    now = now or datetime.now(timezone.utc)
     snapshot = read_snapshot(client, request, log)
-    selected = select(snapshot, request.rules, now)
-    protected = sorted(t for t in selected if _protected(t, request.protect))
-    candidates: dict[str, list[str]] = {}
-    for tag, digest in selected.items():
-        if tag not in protected:
-            candidates.setdefault(digest, []).append(tag)
-
-    snapshot_tags = {d: list(detail.get("imageTags", [])) for d, detail in snapshot.images.items()}
-    moved: list[dict[str, str]] = []
-    if request.dry_run or not candidates:
-        decided = plan(snapshot_tags, candidates, request.allow_image_deletion)
-    else:
-        now_tags = current_tags(client, request, list(candidates), snapshot)
-        for digest, tags in candidates.items():
-            for tag in tags:
-                if tag not in now_tags.get(digest, []):
-                    moved.append({"tag": tag, "digest": digest})
-        decided = plan(now_tags, candidates, request.allow_image_deletion)
-    for entry in moved:
-        log.info("Tag %s no longer on %s since the snapshot: left untouched", entry["tag"], entry["digest"])
-
-    tag_to_digest = {t: d for d, tags in decided.remove.items() for t in tags}
-    batches = math.ceil(len(tag_to_digest) / ecr.MAX_IMAGE_IDS)
+    selected = select(snapshot, request.rules, now or datetime.now(timezone.utc))
+    candidates, protected = apply_protection(selected, request.protect)
+    now_tags, moved = recheck(client, request, snapshot, candidates, log)
+    decided = plan(now_tags, candidates, request.allow_image_deletion)
+    to_remove = len(decided.tag_to_digest)
     log.info(
         "%d tags selected by rules, %d protected, %d to remove in %d batches%s",
-        len(selected), len(protected), len(tag_to_digest), batches, " (dry run: nothing is removed)" if request.dry_run else "",
+        len(selected),
+        len(protected),
+        to_remove,
+        math.ceil(to_remove / ecr.MAX_IMAGE_IDS),
+        " (dry run: nothing is removed)" if request.dry_run else "",
     )
-    removed, failed, already_absent, deleted = [], [], [], []
-    if request.dry_run:
-        removed = [{"tag": t, "digest": d} for t, d in sorted(tag_to_digest.items())]
-        deleted = list(decided.images_deleted)
-    else:
-        for number, (ids, failures) in enumerate(
-            ecr.remove_tags(client, request.repository_name, sorted(tag_to_digest), request.registry_id), start=1
-        ):
-            removed.extend({"tag": i["imageTag"], "digest": i.get("imageDigest", tag_to_digest.get(i["imageTag"], ""))} for i in ids if "imageTag" in i)
-            for failure in failures:
-                tag = failure.get("imageId", {}).get("imageTag", "")
-                entry = {"tag": tag, "digest": tag_to_digest.get(tag, ""), "code": failure.get("failureCode", ""),
-                         "reason": failure.get("failureReason", "")}
-                (already_absent if entry["code"] == "ImageNotFound" else failed).append(entry)
-            log.info("Batch %d/%d done: %d removed so far", number, batches, len(removed))
-        gone_tags = {r["tag"] for r in removed}
-        deleted = [d for d in decided.images_deleted if set(decided.remove.get(d, [])) <= gone_tags]
-    report = {
-        "repository_name": request.repository_name,
-        "registry_id": request.registry_id or next((d.get("registryId") for d in snapshot.images.values()), None),
-        "dry_run": request.dry_run,
-        "removed": removed,
-        "kept_count": snapshot.tag_count - len(removed) - len(already_absent),
-        "skipped_last_tag": decided.skipped_last_tag,
-        "images_deleted": deleted if request.allow_image_deletion else [],
-        "failed": failed,
-        "protected": protected,
-        "skipped_moved": moved,
-        "already_absent": already_absent,
-        "images_scanned": len(snapshot.images),
-        "tags_scanned": snapshot.tag_count,
-    }
+    removal = remove_planned(client, request, decided, log)
+    report = build_report(request, snapshot, protected, decided, moved, removal)
     log.info("%s", summary_table(report))
     return report
 

@@ -10,9 +10,9 @@ from airflow.providers.amazon.aws.utils import validate_execute_complete_event
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.providers.common.compat.sdk import AirflowSensorTimeout, PokeReturnValue, conf
 
-from airflow_ecr_retag.exceptions import EcrPermanentError, permanent_ecr_errors
+from airflow_ecr_retag.core.tag_wait import TagCheck, TagWait, check_tag
+from airflow_ecr_retag.exceptions import EcrPermanentError, fail_fast
 from airflow_ecr_retag.triggers.tag import EcrTagTrigger
-from airflow_ecr_retag.waiting import TagCheck, TagWait, check_tag
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -67,15 +67,16 @@ class EcrTagSensor(AwsBaseSensor[EcrHook]):
         self.deferrable = deferrable
 
     def _validated(self) -> TagWait:
-        return TagWait.validated(
-            repository_name=self.repository_name,
-            tag=self.tag,
-            expected_digest=self.expected_digest,
-            registry_id=self.registry_id,
-        )
+        with fail_fast():
+            return TagWait.validated(
+                repository_name=self.repository_name,
+                tag=self.tag,
+                expected_digest=self.expected_digest,
+                registry_id=self.registry_id,
+            )
 
     def _check(self, wait: TagWait) -> TagCheck:
-        with permanent_ecr_errors():
+        with fail_fast():
             check = check_tag(self.hook.conn, wait)
         self.log.info("%s", check.message)
         return check

@@ -27,9 +27,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_ecr_retag import ecr
-from airflow_ecr_retag.exceptions import EcrPermanentError, error_code, is_permanent
-from airflow_ecr_retag.waiting import TagCheck, TagWait, evaluate
+from airflow_ecr_retag.core import ecr
+from airflow_ecr_retag.core.errors import EcrPermanentError, error_code, is_permanent
+from airflow_ecr_retag.core.tag_wait import TagCheck, TagWait, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,7 @@ class Waiter:
 class RepositoryPoller:
     """Polls one repository, through one shared client, for every trigger waiting on it."""
 
-    def __init__(self, key: tuple, client: Any, registry_id: str | None, repository_name: str, on_empty: Callable[[], None]):
-        self.key = key
+    def __init__(self, client: Any, registry_id: str | None, repository_name: str, on_empty: Callable[[], None]):
         self.client = client
         self.registry_id = registry_id
         self.repository_name = repository_name
@@ -128,7 +127,7 @@ class RepositoryPoller:
         try:
             answers = await asyncio.gather(*(self._batch(chunk) for chunk in ecr.chunks(tags)))
         except Exception as error:
-            if isinstance(error, EcrPermanentError) or is_permanent(error):
+            if is_permanent(error):
                 code = getattr(error, "code", None) or error_code(error) or type(error).__name__
                 for waiter in due:
                     _settle(waiter, {"status": "error", "code": code, "message": str(error)})
@@ -162,9 +161,7 @@ class RepositoryPoller:
                 waiter.next_due = started + waiter.poke_interval
 
     async def _batch(self, tags: list[str]) -> tuple[dict, dict]:
-        refs = [ecr.ref(tag=t) for t in tags]
-        response = await self.client.batch_get_image(**ecr.batch_get_params(self.repository_name, refs, self.registry_id))
-        return ecr.parse_batch_get(response, {ecr.ref_key(r) for r in refs}, self.registry_id)
+        return await ecr.fetch_images_async(self.client, self.repository_name, [ecr.ref(tag=t) for t in tags], self.registry_id)
 
 
 def _success(wait: TagWait, check: TagCheck) -> dict[str, Any]:
@@ -228,7 +225,7 @@ async def joined(key: ClientKey, client: Any, wait: TagWait, poke_interval: floa
     poller = state.pollers.get(poller_key)
     if poller is None:
         poller = state.pollers[poller_key] = RepositoryPoller(
-            poller_key, client, wait.registry_id, wait.repository_name,
+            client, wait.registry_id, wait.repository_name,
             on_empty=lambda: state.pollers.pop(poller_key, None),
         )
     waiter = Waiter(wait, poke_interval, asyncio.get_running_loop().create_future())

@@ -1,6 +1,6 @@
 """What "the tag is there" means, shared by the poke-mode sensor and the deferrable trigger's poller.
 
-Airflow-free. One check is one BatchGetImage: the digest comes back in ``imageId`` and a
+One check is one BatchGetImage: the digest comes back in ``imageId`` and a
 missing tag is a per-item ``ImageNotFound`` failure, not an exception. :func:`evaluate`
 judges one answer, whoever asked.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_ecr_retag import ecr, validation
-from airflow_ecr_retag.exceptions import EcrPermanentError
+from airflow_ecr_retag.core import ecr, validation
+from airflow_ecr_retag.core.errors import EcrPermanentError
 
 #: Per-item failures that will not go away by waiting.
 PERMANENT_FAILURE_CODES = frozenset({"InvalidImageTag", "InvalidImageDigest", "MissingDigestAndTag"})

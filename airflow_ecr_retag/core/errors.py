@@ -1,0 +1,109 @@
+"""The core's errors, and the one mapping from ECR error codes to them.
+
+Every class here is a failure a retry cannot fix: bad input, a missing repository, a guard
+that does not hold. The Airflow layer turns each into its ``AirflowFailException`` twin
+(:mod:`airflow_ecr_retag.exceptions`), so Airflow fails the task at once instead of burning
+retries. Transient ECR errors (throttling, 5xx, dropped connections) are not mapped: botocore
+retries them (``botocore_config``), then Airflow's own retries apply.
+"""
+
+from __future__ import annotations
+
+
+class EcrRetagError(Exception):
+    """Base class: a failure a retry cannot fix."""
+
+
+class InvalidInputError(EcrRetagError, ValueError):
+    """A parameter breaks a rule. Raised before any ECR call.
+
+    :param field: the parameter's name, as the user wrote it.
+    :param rule: what the value must satisfy.
+    """
+
+    def __init__(self, field: str, rule: str, value: object = None, *, show_value: bool = True):
+        self.field = field
+        self.rule = rule
+        shown = f" (got {value!r})" if show_value else ""
+        super().__init__(f"{field}: {rule}{shown}")
+
+
+class EcrPermanentError(EcrRetagError):
+    """ECR refused the request in a way a retry cannot fix (missing repository, access denied, ...).
+
+    :param code: the ECR error code.
+    """
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        super().__init__(f"{code}: {message}")
+
+
+class ImageNotFoundError(EcrRetagError):
+    """The source image (tag or digest) is not in the repository."""
+
+
+class GuardFailedError(EcrRetagError):
+    """The source tag no longer points at the expected digest ("promote what was tested")."""
+
+
+class TargetExistsError(EcrRetagError):
+    """A target tag points at another image and ``overwrite=False``."""
+
+
+class ImmutableTagError(EcrRetagError):
+    """A target tag exists on another image in an immutable repository."""
+
+
+class DigestMismatchError(EcrRetagError):
+    """The manifest's bytes do not hash to the digest ECR reported or the user expected."""
+
+
+class ManifestTooLargeError(EcrRetagError):
+    """A manifest over ECR's PutImage limit: re-putting it would fail, so nothing is written."""
+
+
+class HygieneFailedError(EcrRetagError):
+    """Some tag removals failed; the report names them."""
+
+
+#: ECR (and IAM/STS) error codes a retry cannot fix.
+PERMANENT_ERROR_CODES = frozenset(
+    {
+        "RepositoryNotFoundException",
+        "InvalidParameterException",
+        "ValidationException",
+        "AccessDeniedException",
+        "AccessDenied",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "LayersNotFoundException",
+        "ReferencedImagesNotFoundException",
+        "ImageDigestDoesNotMatchException",
+        "KmsException",
+        "RepositoryPolicyNotFoundException",
+    }
+)
+
+
+def error_code(error: BaseException) -> str | None:
+    """The ECR error code of a botocore ``ClientError`` (or None for anything else)."""
+    response = getattr(error, "response", None)
+    if isinstance(response, dict):
+        return response.get("Error", {}).get("Code")
+    return None
+
+
+def is_permanent(error: BaseException) -> bool:
+    return isinstance(error, EcrRetagError) or error_code(error) in PERMANENT_ERROR_CODES
+
+
+def as_core_error(error: BaseException) -> EcrRetagError | None:
+    """``error`` as a core error if a retry cannot fix it, else None (let botocore or Airflow retry)."""
+    if isinstance(error, EcrRetagError):
+        return error
+    code = error_code(error)
+    if code in PERMANENT_ERROR_CODES:
+        message = getattr(error, "response", {}).get("Error", {}).get("Message", str(error))
+        return EcrPermanentError(code, message)
+    return None
