@@ -1,5 +1,11 @@
 """The double over HTTP: moto's server on 127.0.0.1, the control API, and :class:`RemoteEcrDouble`.
 
+The server is werkzeug's, run the way werkzeug documents for a server in a thread of one's own
+(``make_server`` then ``serve_forever``), around moto's WSGI application built as moto's own
+``moto_server`` and ``ThreadedMotoServer`` build it. moto's ``ThreadedMotoServer`` is not used:
+it has no way to wrap the application (for the control API and dropped connections) or to
+choose the request handler (for quiet logging) short of overriding its private ``_server_entry``.
+
 Requests under ``/_ecr_double/`` go to the control API, which lets tests and benchmarks in
 other processes seed and inspect the double; everything else is ECR.
 """
@@ -7,6 +13,7 @@ other processes seed and inspect the double; everything else is ECR.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import socket
 import threading
@@ -23,6 +30,7 @@ if TYPE_CHECKING:
     from airflow_ecr_retag.testing.double import EcrDouble
 
 CONTROL_PREFIX = "/_ecr_double/"
+_HOST = "127.0.0.1"
 
 
 # ---------------------------------------------------------------------- control API
@@ -132,65 +140,73 @@ class RemoteEcrDouble:
 
 
 # ---------------------------------------------------------------------- the server
-@contextlib.contextmanager
-def serving(double: EcrDouble) -> Iterator[str]:
-    """Serve moto on 127.0.0.1 with a free port, dropping connections on request."""
-    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
-
-    class _Server(ThreadedMotoServer):
-        def _server_entry(self) -> None:
-            from werkzeug.serving import make_server
-
-            from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-
-            app = DomainDispatcherApplication(create_backend_app)
-
-            def dropping_app(environ: dict, start_response: Any) -> Any:
-                if environ.get("PATH_INFO", "").startswith(CONTROL_PREFIX):
-                    return _control(double, environ, start_response)
-                try:
-                    return app(environ, start_response)
-                except ConnectionClosedError:
-                    sock = environ.get("werkzeug.socket")
-                    if sock is not None:
-                        with contextlib.suppress(OSError):
-                            sock.shutdown(socket.SHUT_RDWR)
-                    raise _Dropped() from None
-
-            handler = _QuietHandler.wrap(MotoRequestHandler)
-            self._server = make_server(self._ip_address, self._port, dropping_app, True, request_handler=handler)
-            # A dropped connection is deliberate: keep werkzeug from printing it as an error.
-            self._server.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
-            self._server_ready_event.set()
-            self._server.serve_forever()
-
-    server = _Server(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 class _Dropped(Exception):
     """Raised through werkzeug after the socket was shut, so no response is written."""
 
 
-class _QuietHandler:
-    @staticmethod
-    def wrap(base: type) -> type:
-        class Handler(base):  # type: ignore[misc, valid-type]
-            def log_request(self, *args: Any, **kwargs: Any) -> None:
-                pass
+def _application(double: EcrDouble) -> Callable[[dict, Any], Any]:
+    """moto's WSGI application, with the control API in front and dropped connections made real."""
+    # Imported here: moto's server application needs Flask, which in-process doubles never load.
+    # These are public names of moto's WSGI module, the ones its `moto_server` command (moto/server.py)
+    # serves; moto's docs describe only ThreadedMotoServer, so a moto upgrade past 5.2 is checked here.
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-            def run_wsgi(self) -> None:
-                try:
-                    super().run_wsgi()
-                except (_Dropped, OSError):
-                    self.close_connection = True
+    moto_app = DomainDispatcherApplication(create_backend_app)
 
-            def log_error(self, *args: Any) -> None:
-                pass
+    def application(environ: dict, start_response: Any) -> Any:
+        if environ.get("PATH_INFO", "").startswith(CONTROL_PREFIX):
+            return _control(double, environ, start_response)
+        try:
+            return moto_app(environ, start_response)
+        except ConnectionClosedError:
+            # Fault.DROPPED_CONNECTION: the client must see the connection closed, with no response.
+            sock = environ.get("werkzeug.socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            raise _Dropped() from None
 
-        return Handler
+    return application
+
+
+@functools.cache
+def _quiet_request_handler() -> type:
+    """moto's request handler (it keeps header names moto needs), minus werkzeug's logging."""
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+
+    class QuietMotoRequestHandler(MotoRequestHandler):
+        def log_request(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def run_wsgi(self) -> None:
+            try:
+                super().run_wsgi()
+            except (_Dropped, OSError):
+                self.close_connection = True
+
+        def log_error(self, *args: Any) -> None:
+            pass
+
+    return QuietMotoRequestHandler
+
+
+@contextlib.contextmanager
+def serving(double: EcrDouble) -> Iterator[str]:
+    """Serve moto on 127.0.0.1 with a free port, dropping connections on request; yields the endpoint."""
+    from werkzeug.serving import make_server
+
+    # Bound and listening on return, so clients may connect before the thread runs (and a bind
+    # error is raised here, where ThreadedMotoServer.start would have waited forever).
+    server = make_server(_HOST, 0, _application(double), threaded=True, request_handler=_quiet_request_handler())
+    # A dropped connection is deliberate: keep werkzeug from printing it as an error.
+    server.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=server.serve_forever, name="ecr-double-server", daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.shutdown()
+        thread.join()
+        # Close the listening socket too, so the port is free and late clients are refused.
+        server.server_close()
