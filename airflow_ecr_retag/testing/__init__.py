@@ -12,7 +12,14 @@ Needs the ``testing`` extra (``pip install airflow-ecr-retag[testing]``).
 
 from __future__ import annotations
 
-from airflow_ecr_retag.testing.double import WRITE_OPERATIONS, EcrDouble, Fault, RecordedCall, RemoteEcrDouble, StoredImage
+from airflow_ecr_retag.testing.double import (
+    WRITE_OPERATIONS,
+    EcrDouble,
+    Fault,
+    RecordedCall,
+    RemoteEcrDouble,
+    StoredImage,
+)
 from airflow_ecr_retag.testing.images import IMAGE_KINDS, BuiltImage, build_image, push_image
 
 __all__ = [

@@ -1,0 +1,182 @@
+"""What the double counts, logs and injects: the call counter, the request log and faults.
+
+Tests assert on these (``ecr.calls["PutImage"] == 0``) and stage failures and concurrent actors
+with them (``ecr.inject("PutImage", Fault.THROTTLE)``), so their semantics are part of the
+double's public API: every request is counted and logged, retries included, before any
+injection for it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ConnectionClosedError
+
+if TYPE_CHECKING:
+    from airflow_ecr_retag.testing.double import EcrDouble
+
+#: Operations that change registry state; read-only callers must make none of these.
+WRITE_OPERATIONS = frozenset(
+    {"PutImage", "BatchDeleteImage", "InitiateLayerUpload", "UploadLayerPart", "CompleteLayerUpload",
+     "CreateRepository", "DeleteRepository", "PutImageTagMutability"}
+)
+
+#: An injected error as moto's ``call_action`` returns a response: status, headers, body.
+FaultResponse = tuple[int, dict[str, Any], str]
+
+
+class Fault(str, Enum):
+    """Kinds of injected failure."""
+
+    #: ``ThrottlingException`` (HTTP 400): botocore retries it as throttling.
+    THROTTLE = "throttle"
+    #: ``ServerException`` (HTTP 500): botocore retries it as a transient error.
+    SERVER_ERROR = "server_error"
+    #: The connection is closed with no response: botocore retries it.
+    DROPPED_CONNECTION = "dropped_connection"
+    #: ``AccessDeniedException``: not retryable.
+    ACCESS_DENIED = "access_denied"
+
+
+_FAULT_ERRORS = {
+    Fault.THROTTLE: (400, "ThrottlingException", "Rate exceeded"),
+    Fault.SERVER_ERROR: (500, "ServerException", "Injected server error"),
+    Fault.ACCESS_DENIED: (
+        400,
+        "AccessDeniedException",
+        "User: arn:aws:iam::123456789012:user/test is not authorized to perform this action",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    """One ECR request as the double received it (retries are separate calls).
+
+    ``user_agent`` tells who called: the Amazon provider's hooks add ``Airflow/<version>`` and
+    ``Caller/<operator class>``.
+    """
+
+    operation: str
+    params: dict[str, Any]
+    user_agent: str = ""
+    #: When the double received it (``time.time()``).
+    at: float = 0.0
+
+
+@dataclass
+class Injection:
+    """A fault or an action waiting for the calls of one operation (or ``"*"``, every operation)."""
+
+    operation: str
+    action: Fault | Callable[[EcrDouble], None]
+    first_call: int
+    times: int | None
+    seen: int = 0
+    fired: int = 0
+
+    def due(self) -> bool:
+        """Count one more matching call; whether this injection fires for it."""
+        self.seen += 1
+        if self.seen < self.first_call or (self.times is not None and self.fired >= self.times):
+            return False
+        self.fired += 1
+        return True
+
+    def fire(self, double: EcrDouble, endpoint_url: str) -> FaultResponse | None:
+        """Run the action, or fail the call: the error response to send, or ``ConnectionClosedError``
+        for a dropped connection (the server shuts the socket on it)."""
+        if callable(self.action) and not isinstance(self.action, Fault):
+            self.action(double)
+            return None
+        if self.action is Fault.DROPPED_CONNECTION:
+            raise ConnectionClosedError(endpoint_url=endpoint_url)
+        status, code, message = _FAULT_ERRORS[self.action]
+        body = json.dumps({"__type": code, "message": message})
+        return status, {"status": status, "Content-Type": "application/x-amz-json-1.1", "x-amzn-ErrorType": code}, body
+
+
+def fire_all(due: list[Injection], double: EcrDouble, endpoint_url: str) -> FaultResponse | None:
+    """Fire the injections due for one call in order; the first failure ends the call."""
+    for injection in due:
+        response = injection.fire(double, endpoint_url)
+        if response is not None:
+            return response
+    return None
+
+
+class CallRecording:
+    """The counter, the request log and the injections of :class:`EcrDouble` (a base class of it).
+
+    ``_lock`` is the double's lock, which also guards its store: a call is counted, logged and
+    matched against injections in one step.
+    """
+
+    _lock: threading.RLock
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.requests: list[RecordedCall] = []
+        self._injections: list[Injection] = []
+
+    # ------------------------------------------------------------------ counter
+    @property
+    def write_calls(self) -> int:
+        """How many calls changed or could have changed registry state."""
+        return sum(n for op, n in self.calls.items() if op in WRITE_OPERATIONS)
+
+    @property
+    def total_calls(self) -> int:
+        return sum(self.calls.values())
+
+    def reset_calls(self) -> None:
+        """Forget counted calls and recorded requests (seeding through the API counts too)."""
+        with self._lock:
+            self.calls.clear()
+            self.requests.clear()
+
+    def requests_for(self, operation: str) -> list[dict[str, Any]]:
+        return [call.params for call in self.requests if call.operation == operation]
+
+    def _record(self, operation: str, params: dict[str, Any], user_agent: str) -> tuple[RecordedCall, list[Injection]]:
+        """Count and log one request; the injections that fire for it."""
+        recorded = RecordedCall(operation, params, user_agent, time.time())
+        with self._lock:
+            self.calls[operation] += 1
+            self.requests.append(recorded)
+            due = [i for i in self._injections if i.operation in (operation, "*") and i.due()]
+        return recorded, due
+
+    # ------------------------------------------------------------------ faults
+    def inject(self, operation: str, fault: Fault | str, *, call: int = 1, times: int | None = 1) -> None:
+        """Make calls of ``operation`` fail.
+
+        :param operation: the ECR operation name, for example ``"PutImage"``, or ``"*"``.
+        :param fault: a :class:`Fault` (or its value).
+        :param call: the first failing call, counted from now (1 = the next one).
+        :param times: how many calls fail from then on; ``None`` makes every later call fail.
+        """
+        with self._lock:
+            self._injections.append(Injection(operation, Fault(fault), call, times))
+
+    def before_call(
+        self, operation: str, action: Callable[[EcrDouble], None], *, call: int = 1, times: int | None = 1
+    ) -> None:
+        """Run ``action(double)`` just before the Nth call of ``operation`` is served.
+
+        This is how tests stage a concurrent actor: a tag moved by someone else between a
+        task's read and its write.
+        """
+        with self._lock:
+            self._injections.append(Injection(operation, action, call, times))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._injections.clear()

@@ -1,0 +1,212 @@
+"""The double over HTTP: moto's server on 127.0.0.1, the control API, and :class:`RemoteEcrDouble`.
+
+The server is werkzeug's, run the way werkzeug documents for a server in a thread of one's own
+(``make_server`` then ``serve_forever``), around moto's WSGI application built as moto's own
+``moto_server`` and ``ThreadedMotoServer`` build it. moto's ``ThreadedMotoServer`` is not used:
+it has no way to wrap the application (for the control API and dropped connections) or to
+choose the request handler (for quiet logging) short of overriding its private ``_server_entry``.
+
+Requests under ``/_ecr_double/`` go to the control API, which lets tests and benchmarks in
+other processes seed and inspect the double; everything else is ECR.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ConnectionClosedError
+
+from airflow_ecr_retag.testing.images import build_image
+
+if TYPE_CHECKING:
+    from airflow_ecr_retag.testing.double import EcrDouble
+
+CONTROL_PREFIX = "/_ecr_double/"
+_HOST = "127.0.0.1"
+
+
+# ---------------------------------------------------------------------- control API
+def _calls(double: EcrDouble, body: dict[str, Any]) -> Any:
+    return {"calls": dict(double.calls), "requests": len(double.requests)}
+
+
+def _reset_calls(double: EcrDouble, body: dict[str, Any]) -> Any:
+    double.reset_calls()
+    return {}
+
+
+def _create_repository(double: EcrDouble, body: dict[str, Any]) -> Any:
+    double.create_repository(body["repository"], mutability=body.get("mutability", "MUTABLE"))
+    return {}
+
+
+def _seed(double: EcrDouble, body: dict[str, Any]) -> Any:
+    return {"digests": [
+        double.push(
+            body["repository"], build_image(i.get("kind", "oci"), i["name"]), i.get("tags", []),
+            pushed_at=i.get("pushed_at"),
+        )
+        for i in body["images"]
+    ]}
+
+
+def _move_tags(double: EcrDouble, body: dict[str, Any]) -> Any:
+    for move in body["moves"]:
+        double.move_tag(body["repository"], move["tag"], move["digest"])
+    # The server's clock, so a test in another process can tell which requests came after the move.
+    return {"at": time.time()}
+
+
+def _tags(double: EcrDouble, body: dict[str, Any]) -> Any:
+    return {"tags": double.tags(body["repository"])}
+
+
+_CONTROL_ACTIONS: dict[str, Callable[[EcrDouble, dict[str, Any]], Any]] = {
+    "calls": _calls,
+    "reset-calls": _reset_calls,
+    "create-repository": _create_repository,
+    "seed": _seed,
+    "move-tags": _move_tags,
+    "tags": _tags,
+}
+
+
+def _control(double: EcrDouble, environ: dict, start_response: Any) -> list[bytes]:
+    """The double's control API, for tests and benchmarks in other processes (see :class:`RemoteEcrDouble`)."""
+    action = environ["PATH_INFO"][len(CONTROL_PREFIX):]
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = json.loads(environ["wsgi.input"].read(length) or b"{}") if length else {}
+    perform = _CONTROL_ACTIONS.get(action)
+    if perform is None:
+        return _json_response(start_response, "404 Not Found", {"error": f"unknown action {action!r}"})
+    try:
+        result = perform(double, body)
+    except Exception as error:  # reported to the caller, who is a test
+        return _json_response(start_response, "400 Bad Request", {"error": f"{type(error).__name__}: {error}"})
+    return _json_response(start_response, "200 OK", result)
+
+
+def _json_response(start_response: Any, status: str, document: Any) -> list[bytes]:
+    start_response(status, [("Content-Type", "application/json")])
+    return [json.dumps(document).encode()]
+
+
+class RemoteEcrDouble:
+    """Drive a double served by another process (``python -m airflow_ecr_retag.testing serve``).
+
+    :param endpoint_url: the server's endpoint, as printed by ``serve``.
+    """
+
+    def __init__(self, endpoint_url: str):
+        self.endpoint_url = endpoint_url.rstrip("/")
+
+    def _post(self, action: str, **body: Any) -> Any:
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"{self.endpoint_url}{CONTROL_PREFIX}{action}", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"}, method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return json.loads(response.read())
+
+    def calls(self) -> Counter[str]:
+        return Counter(self._post("calls")["calls"])
+
+    def reset_calls(self) -> None:
+        self._post("reset-calls")
+
+    def create_repository(self, repository: str, mutability: str = "MUTABLE") -> None:
+        self._post("create-repository", repository=repository, mutability=mutability)
+
+    def seed(self, repository: str, images: list[dict[str, Any]]) -> list[str]:
+        """Push images directly (not counted): each ``{"kind", "name", "tags", "pushed_at"}``."""
+        return self._post("seed", repository=repository, images=images)["digests"]
+
+    def move_tags(self, repository: str, moves: list[dict[str, str]]) -> float:
+        """Point tags at digests directly, as other actors' pushes would; returns the server's time."""
+        return self._post("move-tags", repository=repository, moves=moves)["at"]
+
+    def tags(self, repository: str) -> dict[str, str]:
+        return self._post("tags", repository=repository)["tags"]
+
+
+# ---------------------------------------------------------------------- the server
+class _Dropped(Exception):
+    """Raised through werkzeug after the socket was shut, so no response is written."""
+
+
+def _application(double: EcrDouble) -> Callable[[dict, Any], Any]:
+    """moto's WSGI application, with the control API in front and dropped connections made real."""
+    # Imported here: moto's server application needs Flask, which in-process doubles never load.
+    # These are public names of moto's WSGI module, the ones its `moto_server` command (moto/server.py)
+    # serves; moto's docs describe only ThreadedMotoServer, so a moto upgrade past 5.2 is checked here.
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    moto_app = DomainDispatcherApplication(create_backend_app)
+
+    def application(environ: dict, start_response: Any) -> Any:
+        if environ.get("PATH_INFO", "").startswith(CONTROL_PREFIX):
+            return _control(double, environ, start_response)
+        try:
+            return moto_app(environ, start_response)
+        except ConnectionClosedError:
+            # Fault.DROPPED_CONNECTION: the client must see the connection closed, with no response.
+            sock = environ.get("werkzeug.socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            raise _Dropped() from None
+
+    return application
+
+
+@functools.cache
+def _quiet_request_handler() -> type:
+    """moto's request handler (it keeps header names moto needs), minus werkzeug's logging."""
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+
+    class QuietMotoRequestHandler(MotoRequestHandler):
+        def log_request(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def run_wsgi(self) -> None:
+            try:
+                super().run_wsgi()
+            except (_Dropped, OSError):
+                self.close_connection = True
+
+        def log_error(self, *args: Any) -> None:
+            pass
+
+    return QuietMotoRequestHandler
+
+
+@contextlib.contextmanager
+def serving(double: EcrDouble) -> Iterator[str]:
+    """Serve moto on 127.0.0.1 with a free port, dropping connections on request; yields the endpoint."""
+    from werkzeug.serving import make_server
+
+    # Bound and listening on return, so clients may connect before the thread runs (and a bind
+    # error is raised here, where ThreadedMotoServer.start would have waited forever).
+    server = make_server(_HOST, 0, _application(double), threaded=True, request_handler=_quiet_request_handler())
+    # A dropped connection is deliberate: keep werkzeug from printing it as an error.
+    server.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=server.serve_forever, name="ecr-double-server", daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.shutdown()
+        thread.join()
+        # Close the listening socket too, so the port is free and late clients are refused.
+        server.server_close()

@@ -1,0 +1,151 @@
+"""The double's registry state: each repository's images, indexed by digest and by tag.
+
+moto keeps repositories, blobs and layer uploads; the double keeps the images itself, on moto's
+``Repository`` object, so that deleting a repository drops its images with it. moto's own code
+still reads ``repository.images``, so that list is kept in step with the index (and
+:class:`StoredImage` answers to the names moto uses).
+
+Nothing here locks: every caller holds the double's lock (``EcrDouble._lock``) around a read or
+a change, so a request and a direct seed never see half an update.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from airflow_ecr_retag.core.manifests import INDEX_MEDIA_TYPES, manifest_digest
+
+
+@dataclass
+class StoredImage:
+    """An image in a repository of the double."""
+
+    digest: str
+    manifest: str
+    media_type: str
+    pushed_at: float
+    tags: list[str] = field(default_factory=list)
+
+    # The names moto's own repository code uses.
+    @property
+    def image_tags(self) -> list[str]:
+        return self.tags
+
+    def get_image_digest(self) -> str:
+        return self.digest
+
+    @property
+    def children(self) -> list[str]:
+        if self.media_type not in INDEX_MEDIA_TYPES:
+            return []
+        return [entry["digest"] for entry in json.loads(self.manifest).get("manifests", [])]
+
+    @property
+    def size(self) -> int:
+        document = json.loads(self.manifest)
+        return len(self.manifest) + sum(
+            part.get("size", 0) for part in [document.get("config", {}), *document.get("layers", [])]
+        )
+
+
+class RepoImages:
+    """The images of one repository, indexed by digest and by tag."""
+
+    def __init__(self) -> None:
+        self.by_digest: dict[str, StoredImage] = {}
+        self.by_tag: dict[str, StoredImage] = {}
+
+    def referenced_by_index(self, digest: str) -> bool:
+        """Whether an image index in this repository lists ``digest`` (ECR then refuses to delete it)."""
+        indexes = (image for image in self.by_digest.values() if image.media_type in INDEX_MEDIA_TYPES)
+        return any(digest in index.children for index in indexes)
+
+
+def images_of(repository: Any) -> RepoImages:
+    """The index of a moto repository's images, created empty on first use."""
+    store = getattr(repository, "_double_images", None)
+    if store is None:
+        store = repository._double_images = RepoImages()
+        # moto's own code (DeleteRepository's "not empty" check, for one) reads this list: from now on
+        # it holds exactly the index's images.
+        repository.images = []
+    return store
+
+
+def record_blobs(repository: Any, blobs: Mapping[str, bytes]) -> None:
+    """Make blobs present, as a completed layer upload would (moto keeps each blob's size by digest)."""
+    for digest, data in blobs.items():
+        repository.layers[digest] = len(data)
+
+
+def store_image(repository: Any, manifest: str, media_type: str, pushed_at: float | None) -> StoredImage:
+    """The image with this manifest, stored now (pushed now unless ``pushed_at``) unless already there."""
+    store = images_of(repository)
+    digest = manifest_digest(manifest)
+    image = store.by_digest.get(digest)
+    if image is None:
+        image = StoredImage(digest, manifest, media_type, pushed_at if pushed_at is not None else time.time())
+        store.by_digest[digest] = image
+        repository.images.append(image)
+    return image
+
+
+def move_tag(repository: Any, image: StoredImage, tag: str) -> None:
+    """Point ``tag`` at ``image``, taking it off the image it was on."""
+    store = images_of(repository)
+    previous = store.by_tag.get(tag)
+    if previous is image:
+        return
+    if previous is not None:
+        # ECR keeps the previous image, untagged if this was its last tag.
+        previous.tags.remove(tag)
+    image.tags.append(tag)
+    store.by_tag[tag] = image
+
+
+def untag(repository: Any, tag: str) -> StoredImage:
+    """Take ``tag`` off its image and return that image, which stays even if it is now untagged.
+
+    Raises ``KeyError`` when no image has the tag.
+    """
+    image = images_of(repository).by_tag.pop(tag)
+    image.tags.remove(tag)
+    return image
+
+
+def delete_image(repository: Any, image: StoredImage) -> None:
+    """Remove ``image`` and every tag on it."""
+    store = images_of(repository)
+    for tag in image.tags:
+        store.by_tag.pop(tag, None)
+    del store.by_digest[image.digest]
+    repository.images.remove(image)
+
+
+def ids_of(image: StoredImage) -> list[dict[str, str]]:
+    """The image's ids as ListImages and BatchDeleteImage give them: one per tag, or the bare digest."""
+    return [{"imageDigest": image.digest, "imageTag": t} for t in image.tags] or [{"imageDigest": image.digest}]
+
+
+def describe(repository: Any, image: StoredImage) -> dict[str, Any]:
+    """The image as one entry of DescribeImages' ``imageDetails``."""
+    detail: dict[str, Any] = {
+        "registryId": repository.registry_id,
+        "repositoryName": repository.name,
+        "imageDigest": image.digest,
+        "imageSizeInBytes": image.size,
+        "imagePushedAt": datetime.fromtimestamp(image.pushed_at, tz=timezone.utc),
+        "imageManifestMediaType": image.media_type,
+        "imageStatus": "ACTIVE",
+    }
+    if image.tags:
+        detail["imageTags"] = list(image.tags)
+    config = json.loads(image.manifest).get("config")
+    if config:
+        detail["artifactMediaType"] = config.get("mediaType")
+    return detail
