@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test bench prove-timing clean
+.PHONY: demo test lint bench prove-timing clean
 
 $(STAMP): pyproject.toml constraints/tested.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,17 @@ $(STAMP): pyproject.toml constraints/tested.txt
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-## test: the whole suite (pytest exit 5, "no tests collected", is a failure)
-test: $(STAMP)
+## test: the house rules (ruff format and lint, import-linter's layers), then the whole suite
+## (pytest exit 5, "no tests collected", is a failure)
+test: lint
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+## lint: ruff (format check and lint) and import-linter (the layers in CONTRIBUTING.md)
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 ## bench: benchmarks against the ECR double's HTTP server; writes benchmarks/RESULTS.md
 bench: $(STAMP)

@@ -21,4 +21,6 @@ class EcrRepositoryLink(BaseAwsLink):
 
     name = "ECR Repository"
     key = "ecr_repository"
-    format_str = BASE_AWS_CONSOLE_LINK + "/ecr/repositories/private/{registry_id}/{repository_name}?region={region_name}"
+    format_str = (
+        BASE_AWS_CONSOLE_LINK + "/ecr/repositories/private/{registry_id}/{repository_name}?region={region_name}"
+    )

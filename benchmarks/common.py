@@ -24,7 +24,8 @@ def served_double() -> Iterator[tuple[str, RemoteEcrDouble]]:
         endpoint_file = Path(tmp) / "endpoint"
         process = subprocess.Popen(
             [sys.executable, "-m", "airflow_ecr_retag.testing", "serve", "--endpoint-file", str(endpoint_file)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             deadline = time.monotonic() + 120

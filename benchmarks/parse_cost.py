@@ -13,15 +13,18 @@ from benchmarks.common import ROOT, fmt, table
 IMPORTS = {
     "import airflow.sdk": "import airflow.sdk",
     "+ import airflow_ecr_retag (top level only)": "import airflow.sdk; import airflow_ecr_retag",
-    "+ from airflow_ecr_retag import EcrRetagOperator, EcrTagSensor, EcrTagHygieneOperator":
-        "import airflow.sdk; from airflow_ecr_retag import EcrRetagOperator, EcrTagSensor, EcrTagHygieneOperator",
-    "+ import airflow.providers.amazon.aws.operators.ecr (the provider's own ECR operators)":
-        "import airflow.sdk; import airflow.providers.amazon.aws.operators.ecr",
+    "+ from airflow_ecr_retag import EcrRetagOperator, EcrTagSensor, EcrTagHygieneOperator": (
+        "import airflow.sdk; from airflow_ecr_retag import EcrRetagOperator, EcrTagSensor, EcrTagHygieneOperator"
+    ),
+    "+ import airflow.providers.amazon.aws.operators.ecr (the provider's own ECR operators)": (
+        "import airflow.sdk; import airflow.providers.amazon.aws.operators.ecr"
+    ),
 }
 TIMED = "import time; t = time.perf_counter(); {code}; print('T=' + repr(time.perf_counter() - t))"
 DAGBAG = (
     "import time; from airflow.dag_processing.dagbag import DagBag; t = time.perf_counter(); "
-    "bag = DagBag(dag_folder={folder!r}); print('T=' + repr(time.perf_counter() - t)); assert not bag.import_errors, bag.import_errors"
+    "bag = DagBag(dag_folder={folder!r}); print('T=' + repr(time.perf_counter() - t)); "
+    "assert not bag.import_errors, bag.import_errors"
 )
 
 
@@ -34,7 +37,9 @@ def run(repeats: int = 7) -> dict:
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "AIRFLOW_HOME": home, "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
         _time(TIMED.format(code="import airflow.sdk"), env)  # first run writes airflow.cfg and warms the disk cache
-        imports = {name: [_time(TIMED.format(code=code), env) for _ in range(repeats)] for name, code in IMPORTS.items()}
+        imports = {
+            name: [_time(TIMED.format(code=code), env) for _ in range(repeats)] for name, code in IMPORTS.items()
+        }
         dagbag = [_time(DAGBAG.format(folder=str(ROOT / "example_dags")), env) for _ in range(repeats)]
     return {"imports": imports, "dagbag": dagbag}
 
@@ -44,8 +49,16 @@ def report(results: dict) -> str:
     rows = []
     for name, samples in results["imports"].items():
         median = sorted(samples)[len(samples) // 2]
-        rows.append([name, fmt(samples, "ms", 1000, 0), "-" if name == "import airflow.sdk" else f"{(median - base) * 1000:+.0f} ms"])
-    rows.append(["DagBag of example_dags/ (3 DAGs), after the imports above", fmt(results["dagbag"], "ms", 1000, 0), ""])
+        rows.append(
+            [
+                name,
+                fmt(samples, "ms", 1000, 0),
+                "-" if name == "import airflow.sdk" else f"{(median - base) * 1000:+.0f} ms",
+            ]
+        )
+    rows.append(
+        ["DagBag of example_dags/ (3 DAGs), after the imports above", fmt(results["dagbag"], "ms", 1000, 0), ""]
+    )
     return table(["what", "time, median [min-max]", "added over import airflow.sdk"], rows)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -14,8 +15,16 @@ from benchmarks import hygiene, parse_cost, promotion, waiting
 from benchmarks.common import served_double, use_double
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-PACKAGES = ["airflow-ecr-retag", "apache-airflow", "apache-airflow-providers-amazon", "boto3", "botocore",
-            "aiobotocore", "moto", "awscli"]
+PACKAGES = [
+    "airflow-ecr-retag",
+    "apache-airflow",
+    "apache-airflow-providers-amazon",
+    "boto3",
+    "botocore",
+    "aiobotocore",
+    "moto",
+    "awscli",
+]
 
 
 def machine() -> str:
@@ -25,11 +34,14 @@ def machine() -> str:
     except (OSError, StopIteration):
         memory = "?"
     cpu = "?"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}), {memory}, Python {platform.python_version()}"
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    system = f"{platform.system()} {platform.machine()}"
+    return f"{system}, {os.cpu_count()} cores ({cpu}), {memory}, Python {platform.python_version()}"
 
 
 def main() -> int:
@@ -41,7 +53,11 @@ def main() -> int:
     if args.render_only:
         Path(args.output).write_text(render(json.loads(Path(args.output).with_suffix(".json").read_text())))
         return 0
-    sizes = {"repeats": 2, "images": 1000, "waits": (1, 100)} if args.quick else {"repeats": 5, "images": 10_000, "waits": (1, 100, 1000)}
+    sizes = (
+        {"repeats": 2, "images": 1000, "waits": (1, 100)}
+        if args.quick
+        else {"repeats": 5, "images": 10_000, "waits": (1, 100, 1000)}
+    )
     sections = {}
     with served_double() as (endpoint, remote):
         use_double(endpoint)
@@ -62,10 +78,14 @@ def main() -> int:
 def render(sections: dict) -> str:
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in PACKAGES)
     return TEMPLATE.format(
-        date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        machine=machine(), versions=versions,
-        promotion=promotion.report(sections["promotion"]), promotion_notes=promotion.notes(sections["promotion"]), hygiene=hygiene.report(sections["hygiene"]),
-        waiting=waiting.report(sections["waiting"]), parse=parse_cost.report(sections["parse"]),
+        date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        machine=machine(),
+        versions=versions,
+        promotion=promotion.report(sections["promotion"]),
+        promotion_notes=promotion.notes(sections["promotion"]),
+        hygiene=hygiene.report(sections["hygiene"]),
+        waiting=waiting.report(sections["waiting"]),
+        parse=parse_cost.report(sections["parse"]),
     )
 
 

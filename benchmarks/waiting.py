@@ -40,8 +40,14 @@ async def one_client_per_trigger(repo: str, tag: str, interval: float) -> dict:
 async def package_trigger(repo: str, tag: str, interval: float) -> dict:
     from airflow_ecr_retag.triggers.tag import EcrTagTrigger
 
-    trigger = EcrTagTrigger(repository_name=repo, tag=tag, poke_interval=interval, timeout_at=time.time() + 3600,
-                            aws_conn_id=None, region_name="us-east-1")
+    trigger = EcrTagTrigger(
+        repository_name=repo,
+        tag=tag,
+        poke_interval=interval,
+        timeout_at=time.time() + 3600,
+        aws_conn_id=None,
+        region_name="us-east-1",
+    )
     async for event in trigger.run():
         return event.payload
     raise RuntimeError("trigger ended without an event")
@@ -113,17 +119,23 @@ async def child_main(design: str, n: int, endpoint: str, interval: float, limit:
             for tag in tags:
                 pushed[tag] = at
         await asyncio.sleep(interval / 4)
-    done, pending = await asyncio.wait(tasks, timeout=limit)
+    _, pending = await asyncio.wait(tasks, timeout=limit)
     for task in pending:
         task.cancel()
     latencies = [fired[t] - pushed[t] for t in fired if t in pushed]
     return {
-        "design": design, "waits": n, "repositories": len(repos), "interval": interval,
+        "design": design,
+        "waits": n,
+        "repositories": len(repos),
+        "interval": interval,
         "rss_per_wait_kib": (rss_waiting - rss_before) / n / 1024,
         "calls_per_interval": calls_in_window / (window / interval),
         "planned_calls_per_interval": sum(math.ceil(sum(1 for r, _ in waits if r == repo) / 100) for repo in repos)
-        if design.startswith("shared") else n,
-        "fired": len(fired), "not_fired": len(pending), "fired_before_push": len(early),
+        if design.startswith("shared")
+        else n,
+        "fired": len(fired),
+        "not_fired": len(pending),
+        "fired_before_push": len(early),
         "latency_max": max(latencies) if latencies else None,
         "latency_median": sorted(latencies)[len(latencies) // 2] if latencies else None,
         "cpu_seconds": sum(process.cpu_times()[:2]) - cpu_before,
@@ -133,12 +145,16 @@ async def child_main(design: str, n: int, endpoint: str, interval: float, limit:
 def run_child(design: str, n: int, endpoint: str, interval: float = INTERVAL, limit: float = 240.0) -> dict:
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.waiting", "child", design, str(n), endpoint, str(interval), str(limit)],
-        env={**os.environ, **environ(endpoint)}, cwd=ROOT, capture_output=True, text=True, timeout=limit + 600,
+        env={**os.environ, **environ(endpoint)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=limit + 600,
     )
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     line = next(line for line in out.stdout.splitlines() if line.startswith("RESULT="))
-    return json.loads(line[len("RESULT="):])
+    return json.loads(line[len("RESULT=") :])
 
 
 def run(endpoint: str, sizes: tuple[int, ...] = (1, 100, 1000), interval: float = INTERVAL) -> list[dict]:
@@ -149,18 +165,41 @@ def report(results: list[dict]) -> str:
     rows = []
     for r in results:
         within = r["latency_max"] is not None and r["latency_max"] <= r["interval"] + 2 and r["not_fired"] == 0
-        rows.append([
-            r["design"], f"{r['waits']:,} on {r['repositories']} repos", f"{r['rss_per_wait_kib']:.0f} KiB",
-            f"{r['calls_per_interval']:.1f} (plan {r['planned_calls_per_interval']})",
-            "-" if r["latency_max"] is None else f"{r['latency_max']:.2f} s (median {r['latency_median']:.2f} s)",
-            f"{r['fired']:,} / {r['waits']:,}", r["fired_before_push"], f"{r['cpu_seconds']:.1f} s",
-            "yes" if within else "no",
-        ])
-    return table(["design", "waits", "resident memory per wait", f"ECR calls per {INTERVAL:.0f} s interval",
-                  "push -> last wait fired", "fired", "fired before its tag existed", "CPU of the loop process",
-                  "every wait within interval + 2 s"], rows)
+        rows.append(
+            [
+                r["design"],
+                f"{r['waits']:,} on {r['repositories']} repos",
+                f"{r['rss_per_wait_kib']:.0f} KiB",
+                f"{r['calls_per_interval']:.1f} (plan {r['planned_calls_per_interval']})",
+                "-" if r["latency_max"] is None else f"{r['latency_max']:.2f} s (median {r['latency_median']:.2f} s)",
+                f"{r['fired']:,} / {r['waits']:,}",
+                r["fired_before_push"],
+                f"{r['cpu_seconds']:.1f} s",
+                "yes" if within else "no",
+            ]
+        )
+    return table(
+        [
+            "design",
+            "waits",
+            "resident memory per wait",
+            f"ECR calls per {INTERVAL:.0f} s interval",
+            "push -> last wait fired",
+            "fired",
+            "fired before its tag existed",
+            "CPU of the loop process",
+            "every wait within interval + 2 s",
+        ],
+        rows,
+    )
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "child":
-    design, n, endpoint, interval, limit = sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5]), float(sys.argv[6])
+    design, n, endpoint, interval, limit = (
+        sys.argv[2],
+        int(sys.argv[3]),
+        sys.argv[4],
+        float(sys.argv[5]),
+        float(sys.argv[6]),
+    )
     print("RESULT=" + json.dumps(asyncio.run(child_main(design, n, endpoint, interval, limit))))

@@ -12,14 +12,14 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from airflow_ecr_retag.testing import EcrDouble, build_image
@@ -31,11 +31,16 @@ VERSION = "v1.4.2"
 
 
 def seed(ecr: EcrDouble) -> dict[str, str]:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     ecr.create_repository(REPO)
     ecr.push(REPO, build_image("oci", "v1.4.1"), ["v1.4.1", "prod", "stable"], pushed_at=now - timedelta(days=30))
     for i in range(24):
-        ecr.push(REPO, build_image("oci", f"build-{i}"), [f"sha-{i:07x}", f"ci-{1000 + i}"], pushed_at=now - timedelta(days=24 - i))
+        ecr.push(
+            REPO,
+            build_image("oci", f"build-{i}"),
+            [f"sha-{i:07x}", f"ci-{1000 + i}"],
+            pushed_at=now - timedelta(days=24 - i),
+        )
     ecr.push(REPO, build_image("docker", "pr-81"), ["pr-81"], pushed_at=now - timedelta(days=21))
     ecr.push(REPO, build_image("oci", "pr-93"), ["pr-93", "sha-00000pr"], pushed_at=now - timedelta(days=16))
     ecr.push(REPO, build_image("oci", "pr-97"), ["pr-97"], pushed_at=now - timedelta(days=2))
@@ -101,7 +106,9 @@ def airflow(env: dict[str, str], log: Path, *args: str) -> None:
     with log.open("a") as handle:
         handle.write(f"\n$ airflow {' '.join(args)}\n")
         handle.flush()
-        result = subprocess.run([sys.executable, "-m", "airflow", *args], env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=900)
+        result = subprocess.run(
+            [sys.executable, "-m", "airflow", *args], env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=900
+        )
     if result.returncode != 0:
         print(log.read_text()[-6000:])
         raise SystemExit(f"airflow {' '.join(args)} failed (exit {result.returncode}); full log: {log}")
@@ -119,7 +126,7 @@ def xcom(env: dict[str, str], dag_id: str, task_id: str, key: str = "return_valu
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=300)
     line = next(line for line in out.stdout.splitlines() if line.startswith("XCOM="))
-    return json.loads(line[len("XCOM="):])
+    return json.loads(line[len("XCOM=") :])
 
 
 def main() -> int:
@@ -128,35 +135,55 @@ def main() -> int:
     with EcrDouble(server=True) as ecr:
         digests = seed(ecr)
         before = ecr.tags(REPO)
-        print(f"1. ECR double serving on {ecr.endpoint_url}; seeded {REPO} with {len(ecr.images(REPO))} images "
-              f"(release {VERSION} is the multi-arch index {short(digests['release'])}, tagged sha-{COMMIT})")
+        print(
+            f"1. ECR double serving on {ecr.endpoint_url}; seeded {REPO} with {len(ecr.images(REPO))} images "
+            f"(release {VERSION} is the multi-arch index {short(digests['release'])}, tagged sha-{COMMIT})"
+        )
         env = airflow_env(ecr, home / "release-team")
         gate_env = airflow_env(ecr, home / "other-team")
         print(f"2. Two Airflow homes under {home} (SQLite each): airflow db migrate")
         airflow(env, log, "db", "migrate")
         airflow(gate_env, log, "db", "migrate")
-        print(f"3. Other team: airflow dags test example_ecr_wait_for_prod, expecting prod at {short(digests['release'])} "
-              "(deferrable: the trigger polls with aiobotocore)")
+        print(
+            "3. Other team: airflow dags test example_ecr_wait_for_prod, expecting prod at "
+            f"{short(digests['release'])} (deferrable: the trigger polls with aiobotocore)"
+        )
         ecr.reset_calls()
-        gate = start_airflow(gate_env, home / "gate.log", "dags", "test", "example_ecr_wait_for_prod",
-                             "-c", json.dumps({"expected_digest": digests["release"]}))
+        gate = start_airflow(
+            gate_env,
+            home / "gate.log",
+            "dags",
+            "test",
+            "example_ecr_wait_for_prod",
+            "-c",
+            json.dumps({"expected_digest": digests["release"]}),
+        )
         wait_for(lambda: prod_polls(ecr) >= 2, gate, "the gate's trigger to poll")
         print(f"   deferred and polling: prod still at {short(ecr.tags(REPO)['prod'])}")
         print(f"4. Release team: airflow dags test example_ecr_release  (sha={COMMIT}, version={VERSION})")
         first_request = len(ecr.requests)
         airflow(env, log, "dags", "test", "example_ecr_release", "-c", json.dumps({"sha": COMMIT, "version": VERSION}))
         promotion = xcom(env, "example_ecr_release", "promote", "promotion")
-        print(f"   sensor found sha-{COMMIT} at {short(str(xcom(env, 'example_ecr_release', 'wait_for_build')))}; "
-              f"promoted: added {promotion['added']}, moved {[f'{t} from {short(d)}' for t, d in promotion['moved'].items()]}")
+        moved = [f"{t} from {short(d)}" for t, d in promotion["moved"].items()]
+        print(
+            f"   sensor found sha-{COMMIT} at {short(str(xcom(env, 'example_ecr_release', 'wait_for_build')))}; "
+            f"promoted: added {promotion['added']}, moved {moved}"
+        )
         print(f"   deploy used {xcom(env, 'example_ecr_release', 'deploy')}")
         release_calls = Counter(c.operation for c in ecr.requests[first_request:] if not is_prod_poll(c))
-        print(f"   ECR calls made by the release DAG run: {dict(release_calls)} (3 reads: sensor, test, promote; 2 PutImage)")
+        print(
+            f"   ECR calls made by the release DAG run: {dict(release_calls)} "
+            "(3 reads: sensor, test, promote; 2 PutImage)"
+        )
         after_release = ecr.tags(REPO)
         if gate.wait(timeout=120) != 0:
             print((home / "gate.log").read_text()[-6000:])
             raise SystemExit("the gate DAG failed")
-        print(f"   the other team's gate opened: prod_ready -> {short(str(xcom(gate_env, 'example_ecr_wait_for_prod', 'prod_ready')))} "
-              f"after {prod_polls(ecr)} polls of prod (one BatchGetImage each)")
+        print(
+            "   the other team's gate opened: prod_ready -> "
+            f"{short(str(xcom(gate_env, 'example_ecr_wait_for_prod', 'prod_ready')))} "
+            f"after {prod_polls(ecr)} polls of prod (one BatchGetImage each)"
+        )
         print("5. Release team: airflow dags test example_ecr_tag_hygiene  (dry run, then for real)")
         airflow(env, log, "dags", "test", "example_ecr_tag_hygiene")
         report = xcom(env, "example_ecr_tag_hygiene", "clean_up")
@@ -164,20 +191,27 @@ def main() -> int:
         after = ecr.tags(REPO)
         assert isinstance(report, dict)
         print(f"   removed {sorted(r['tag'] for r in report['removed'])}")
-        print(f"   kept as an image's last tag: {sorted(s['tag'] for s in report['skipped_last_tag'])}; "
-              f"kept_count {report['kept_count']}; images deleted {len(report['images_deleted'])}; failed {len(report['failed'])}")
+        print(
+            f"   kept as an image's last tag: {sorted(s['tag'] for s in report['skipped_last_tag'])}; "
+            f"kept_count {report['kept_count']}; images deleted {len(report['images_deleted'])}; "
+            f"failed {len(report['failed'])}"
+        )
         print(f"   images before {len(ecr.images(REPO))}, after {len(images_after)}: none lost")
     print("\nTags whose digest changed (digests shortened; '-' = no such tag):")
     print(table([("before", before), ("after release", after_release), ("after hygiene", after)]))
-    print("Against a real AWS account: unset AWS_ENDPOINT_URL_ECR and give Airflow an `aws_default` connection, e.g.\n"
-          "  airflow connections add aws_default --conn-type aws --conn-extra '{\"region_name\": \"eu-west-1\"}'\n"
-          "(credentials from the usual AWS chain or the connection), then trigger example_ecr_release with "
-          '{"repository": "<your repo>", "sha": "<commit>", "version": "<version>"}.')
+    print(
+        "Against a real AWS account: unset AWS_ENDPOINT_URL_ECR and give Airflow an `aws_default` connection, e.g.\n"
+        '  airflow connections add aws_default --conn-type aws --conn-extra \'{"region_name": "eu-west-1"}\'\n'
+        "(credentials from the usual AWS chain or the connection), then trigger example_ecr_release with "
+        '{"repository": "<your repo>", "sha": "<commit>", "version": "<version>"}.'
+    )
     if os.environ.get("DEMO_KEEP_HOME") == "1":
         print(f"\nAirflow homes and the full `airflow dags test` output ({log.name}, gate.log) kept in {home}")
     else:
         shutil.rmtree(home, ignore_errors=True)
-        print(f"\n(Airflow homes removed; DEMO_KEEP_HOME=1 make demo keeps them, with the full `airflow dags test` output)")
+        print(
+            "\n(Airflow homes removed; DEMO_KEEP_HOME=1 make demo keeps them, with the full `airflow dags test` output)"
+        )
     return 0
 
 

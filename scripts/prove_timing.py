@@ -28,7 +28,10 @@ def busy_cores(count: int) -> list[subprocess.Popen]:
 def one_round(junit: Path, extra: list[str]) -> dict[str, str]:
     subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-m", "timing", "-p", "no:cacheprovider", f"--junitxml={junit}", *extra],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
     )
     outcomes = {}
     for case in ET.parse(junit).getroot().iter("testcase"):
@@ -59,7 +62,10 @@ def main() -> int:
     finally:
         for process in load:
             process.kill()
-    print(f"\n{args.runs} rounds with {args.load} busy processes on {os.cpu_count()} cores, {time.monotonic() - started:.0f} s")
+    print(
+        f"\n{args.runs} rounds with {args.load} busy processes on {os.cpu_count()} cores, "
+        f"{time.monotonic() - started:.0f} s"
+    )
     for name in sorted(set(passed) | set(failed)):
         print(f"  {passed[name]:>3} passed {failed[name]:>3} failed  {name}")
     return 1 if failed else 0

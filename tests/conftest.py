@@ -71,7 +71,9 @@ def offline_guard() -> type[NetworkAccessError]:
 from airflow_ecr_retag.testing.double import EcrDouble  # noqa: E402
 
 PACKAGE_OPERATIONS: set[str] = set()
-EcrDouble.observers.append(lambda call: PACKAGE_OPERATIONS.add(call.operation) if "Airflow/" in call.user_agent else None)
+EcrDouble.observers.append(
+    lambda call: PACKAGE_OPERATIONS.add(call.operation) if "Airflow/" in call.user_agent else None
+)
 
 
 def readme_policy_actions() -> set[str]:

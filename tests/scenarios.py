@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from helpers import make_context
@@ -17,10 +17,13 @@ from helpers import make_context
 from airflow_ecr_retag.testing import EcrDouble, build_image
 
 REPO = "team/app"
-EPOCH = datetime(2026, 11, 1, tzinfo=timezone.utc)
+EPOCH = datetime(2026, 11, 1, tzinfo=UTC)
 # Standard retry mode with two retries: one injected transient fault is always absorbed.
-RETRYING = {"aws_conn_id": None, "region_name": "us-east-1",
-            "botocore_config": {"retries": {"mode": "standard", "max_attempts": 2}}}
+RETRYING = {
+    "aws_conn_id": None,
+    "region_name": "us-east-1",
+    "botocore_config": {"retries": {"mode": "standard", "max_attempts": 2}},
+}
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,12 @@ def run_retag() -> Any:
     from airflow_ecr_retag import EcrRetagOperator
 
     return EcrRetagOperator(
-        task_id="promote", repository_name=REPO, source_tag="rc", target_tags=["v1.1", "prod"],
-        remove_source_tag=True, **RETRYING,
+        task_id="promote",
+        repository_name=REPO,
+        source_tag="rc",
+        target_tags=["v1.1", "prod"],
+        remove_source_tag=True,
+        **RETRYING,
     ).execute(make_context())
 
 
@@ -53,7 +60,9 @@ def seed_sensor(ecr: EcrDouble) -> None:
 def run_sensor() -> Any:
     from airflow_ecr_retag import EcrTagSensor
 
-    return EcrTagSensor(task_id="wait", repository_name=REPO, tag="sha-1", poke_interval=0.01, timeout=30, **RETRYING).execute(make_context())
+    return EcrTagSensor(
+        task_id="wait", repository_name=REPO, tag="sha-1", poke_interval=0.01, timeout=30, **RETRYING
+    ).execute(make_context())
 
 
 def seed_hygiene(ecr: EcrDouble) -> None:
@@ -68,11 +77,16 @@ def run_hygiene() -> Any:
     from airflow_ecr_retag import EcrTagHygieneOperator
 
     return EcrTagHygieneOperator(
-        task_id="hygiene", repository_name=REPO,
+        task_id="hygiene",
+        repository_name=REPO,
         rules=[{"tag_pattern": "latest"}, {"tag_pattern": "sha-*", "keep_latest": 2}, {"tag_pattern": "pr-*"}],
-        protect=["v*"], **RETRYING,
+        protect=["v*"],
+        **RETRYING,
     ).execute(make_context())
 
 
-SCENARIOS = [Scenario("retag", seed_retag, run_retag), Scenario("sensor", seed_sensor, run_sensor),
-             Scenario("hygiene", seed_hygiene, run_hygiene)]
+SCENARIOS = [
+    Scenario("retag", seed_retag, run_retag),
+    Scenario("sensor", seed_sensor, run_sensor),
+    Scenario("hygiene", seed_hygiene, run_hygiene),
+]

@@ -1,4 +1,4 @@
-"""Bad input table: across the three operators and the sensor, rendered through Jinja as in a DAG run.
+"""Bad input table: across every operator and the sensor, rendered through Jinja as in a DAG run.
 
 Each case names the expected error class and the field its message must start with, and
 asserts that the double saw zero ECR write calls (zero calls at all for input errors).
@@ -22,7 +22,11 @@ HEX = "0123456789abcdef" * 4
 RETAG = {"repository_name": REPO, "source_tag": "sha-1", "target_tags": ["v1", "prod"]}
 SENSOR = {"repository_name": REPO, "tag": "sha-1", "poke_interval": 0.01, "timeout": 5}
 HYGIENE = {"repository_name": REPO, "rules": [{"tag_pattern": "latest"}]}
-KINDS = {"retag": (EcrRetagOperator, RETAG), "sensor": (EcrTagSensor, SENSOR), "hygiene": (EcrTagHygieneOperator, HYGIENE)}
+KINDS = {
+    "retag": (EcrRetagOperator, RETAG),
+    "sensor": (EcrTagSensor, SENSOR),
+    "hygiene": (EcrTagHygieneOperator, HYGIENE),
+}
 
 # (operator, overrides, params for Jinja, field the message names)
 CASES = [
@@ -67,7 +71,12 @@ CASES = [
     ("retag", {"target_tags": [f"t{i}" for i in range(100)]}, {}, "target_tags"),
     ("retag", {"source_tag": None, "source_digest": None}, {}, "source_tag"),
     ("retag", {"target_tags": ["sha-1"], "remove_source_tag": True}, {}, "target_tags"),
-    ("retag", {"source_tag": None, "source_digest": "sha256:" + HEX, "remove_source_tag": True}, {}, "remove_source_tag"),
+    (
+        "retag",
+        {"source_tag": None, "source_digest": "sha256:" + HEX, "remove_source_tag": True},
+        {},
+        "remove_source_tag",
+    ),
     # hygiene rules
     ("hygiene", {"rules": [{"keep_latest": 2}]}, {}, "rules[0].tag_pattern"),
     ("hygiene", {"rules": [{"tag_pattern": "sha-*", "keep_latest": -2}]}, {}, "rules[0].keep_latest"),
@@ -104,7 +113,9 @@ def test_the_table_is_big_enough_and_covers_every_task_type():
     assert {kind for kind, *_ in CASES} == set(KINDS)
 
 
-@pytest.mark.parametrize(("kind", "overrides", "params", "field"), CASES, ids=[f"{c[0]}-{c[3]}-{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize(
+    ("kind", "overrides", "params", "field"), CASES, ids=[f"{c[0]}-{c[3]}-{i}" for i, c in enumerate(CASES)]
+)
 def test_bad_input(ecr, kind, overrides, params, field):
     operator = build(kind, overrides)
     context = render(operator, params)
@@ -125,8 +136,8 @@ def test_manifest_over_4_mib_from_the_registry_is_never_re_put(ecr):
         client.put_image(repositoryName=REPO, imageManifest=json.dumps(oversized), imageTag="big")
     ecr.reset_calls()
     # ... and if a read ever returned one, the operator refuses before writing.
-    from airflow_ecr_retag.core.manifests import manifest_digest
     from airflow_ecr_retag.core import errors as core_errors
+    from airflow_ecr_retag.core.manifests import manifest_digest
     from airflow_ecr_retag.core.promotion import PromotionRequest, promote
 
     def inflate(parsed, **_):
@@ -135,6 +146,10 @@ def test_manifest_over_4_mib_from_the_registry_is_never_re_put(ecr):
             entry["imageId"]["imageDigest"] = manifest_digest(entry["imageManifest"])
 
     client.meta.events.register("after-call.ecr.BatchGetImage", inflate)
-    with pytest.raises(core_errors.ManifestTooLargeError, match="^imageManifest: "):  # the core's own error
-        promote(client, PromotionRequest.validated(repository_name=REPO, source_tag="sha-1", target_tags=["v2"]), region_name="us-east-1")
+    with pytest.raises(core_errors.ManifestTooLargeError, match=r"^imageManifest: "):  # the core's own error
+        promote(
+            client,
+            PromotionRequest.validated(repository_name=REPO, source_tag="sha-1", target_tags=["v2"]),
+            region_name="us-east-1",
+        )
     assert ecr.write_calls == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-
 from helpers import make_context
 
 from airflow_ecr_retag import EcrRetagOperator
@@ -54,7 +53,7 @@ def test_two_promotions_of_different_digests_to_one_tag(ecr_double_server):
         assert all("error" not in r for r in results), results
         final = ecr.tags(REPO)["prod"]
         assert final in {a, b}
-        for result, digest in zip(results, (a, b)):
+        for result, digest in zip(results, (a, b), strict=True):
             promotion = result["promotion"]
             assert result["digest"] == promotion["digest"] == digest
             # Truthful: it set prod (moving it from what it read) or found it already there.
@@ -78,7 +77,9 @@ def test_move_racing_an_external_push_of_the_source_tag(ecr_double_server):
 
     ecr.before_call("DescribeImages", ci_pushes_a_new_rc)
     context = make_context()
-    EcrRetagOperator(task_id="move", repository_name=REPO, source_tag="rc", target_tags=["v1"], remove_source_tag=True, **AWS).execute(context)
+    EcrRetagOperator(
+        task_id="move", repository_name=REPO, source_tag="rc", target_tags=["v1"], remove_source_tag=True, **AWS
+    ).execute(context)
     tags = ecr.tags(REPO)
     assert tags["rc"] == fresh.digest  # the freshly pushed image keeps its tag
     assert tags["v1"] == candidate

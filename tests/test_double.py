@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import botocore.config
 import pytest
@@ -119,13 +119,13 @@ def test_immutable_repository_refuses_existing_tag_even_at_same_digest(ecr):
 @pytest.mark.parametrize(
     ("mode", "tag", "immutable"),
     [
-        ("IMMUTABLE_WITH_EXCLUSION", "latest", False),   # excluded by 'latest'
+        ("IMMUTABLE_WITH_EXCLUSION", "latest", False),  # excluded by 'latest'
         ("IMMUTABLE_WITH_EXCLUSION", "dev-123", False),  # excluded by 'dev-*'
         ("IMMUTABLE_WITH_EXCLUSION", "v1", True),
-        ("IMMUTABLE_WITH_EXCLUSION", "devx", True),      # '*' is not '?' and '-' is literal
+        ("IMMUTABLE_WITH_EXCLUSION", "devx", True),  # '*' is not '?' and '-' is literal
         ("MUTABLE_WITH_EXCLUSION", "dev-123", True),
         ("MUTABLE_WITH_EXCLUSION", "v1", False),
-        ("MUTABLE_WITH_EXCLUSION", "latest2", False),    # a filter matches the whole tag
+        ("MUTABLE_WITH_EXCLUSION", "latest2", False),  # a filter matches the whole tag
     ],
 )
 def test_exclusion_filters_are_wildcards(ecr, mode, tag, immutable):
@@ -146,7 +146,8 @@ def test_exclusion_filters_are_wildcards(ecr, mode, tag, immutable):
 def test_exclusion_filter_with_star_is_accepted_by_create_repository(ecr):
     client = ecr.client()
     client.create_repository(
-        repositoryName="wild", imageTagMutability="IMMUTABLE_WITH_EXCLUSION",
+        repositoryName="wild",
+        imageTagMutability="IMMUTABLE_WITH_EXCLUSION",
         imageTagMutabilityExclusionFilters=[{"filterType": "WILDCARD", "filter": "*-rc"}],
     )
     image, other = build_image("oci", "a"), build_image("oci", "b")
@@ -201,15 +202,19 @@ def test_batch_get_image_echoes_the_requested_reference(ecr, client):
     image = build_image("oci", "a")
     push_image(client, REPO, image, ["a1", "a2", "a3"])
     response = client.batch_get_image(
-        repositoryName=REPO, imageIds=[{"imageTag": "a2"}, {"imageDigest": image.digest}],
+        repositoryName=REPO,
+        imageIds=[{"imageTag": "a2"}, {"imageDigest": image.digest}],
         acceptedMediaTypes=list(MANIFEST_MEDIA_TYPES),
     )
     assert [i["imageId"] for i in response["images"]] == [
-        {"imageDigest": image.digest, "imageTag": "a2"}, {"imageDigest": image.digest},
+        {"imageDigest": image.digest, "imageTag": "a2"},
+        {"imageDigest": image.digest},
     ]
 
 
-@pytest.mark.parametrize(("stored", "asked", "served"), [("docker", OCI_MANIFEST, OCI_MANIFEST), ("oci", DOCKER_MANIFEST, DOCKER_MANIFEST)])
+@pytest.mark.parametrize(
+    ("stored", "asked", "served"), [("docker", OCI_MANIFEST, OCI_MANIFEST), ("oci", DOCKER_MANIFEST, DOCKER_MANIFEST)]
+)
 def test_unaccepted_single_manifest_is_translated_with_a_new_digest(ecr, client, stored, asked, served):
     image = build_image(stored, "a")
     push_image(client, REPO, image, ["t"])
@@ -220,7 +225,9 @@ def test_unaccepted_single_manifest_is_translated_with_a_new_digest(ecr, client,
     assert got["imageId"]["imageDigest"] != image.digest
     assert json.loads(got["imageManifest"])["mediaType"] == served
     # All four accepted: the stored bytes come back untouched.
-    exact = client.batch_get_image(repositoryName=REPO, imageIds=[{"imageTag": "t"}], acceptedMediaTypes=list(MANIFEST_MEDIA_TYPES))
+    exact = client.batch_get_image(
+        repositoryName=REPO, imageIds=[{"imageTag": "t"}], acceptedMediaTypes=list(MANIFEST_MEDIA_TYPES)
+    )
     assert exact["images"][0]["imageManifest"] == image.manifest
 
 
@@ -228,7 +235,9 @@ def test_unaccepted_single_manifest_is_translated_with_a_new_digest(ecr, client,
 def test_unaccepted_index_is_a_failure(ecr, client, kind):
     image = build_image(kind, "m")
     push_image(client, REPO, image, ["t"])
-    response = client.batch_get_image(repositoryName=REPO, imageIds=[{"imageTag": "t"}], acceptedMediaTypes=[OCI_MANIFEST, DOCKER_MANIFEST])
+    response = client.batch_get_image(
+        repositoryName=REPO, imageIds=[{"imageTag": "t"}], acceptedMediaTypes=[OCI_MANIFEST, DOCKER_MANIFEST]
+    )
     assert response["images"] == []
     assert response["failures"][0]["imageId"] == {"imageTag": "t"}
 
@@ -246,11 +255,13 @@ def test_missing_references_are_per_item_failures(ecr, client):
     image = build_image("oci", "a")
     push_image(client, REPO, image, ["here"])
     response = client.batch_get_image(
-        repositoryName=REPO, imageIds=[{"imageTag": "here"}, {"imageTag": "gone"}, {"imageDigest": "sha256:" + "1" * 64}]
+        repositoryName=REPO,
+        imageIds=[{"imageTag": "here"}, {"imageTag": "gone"}, {"imageDigest": "sha256:" + "1" * 64}],
     )
     assert len(response["images"]) == 1
     assert [(f["imageId"], f["failureCode"]) for f in response["failures"]] == [
-        ({"imageTag": "gone"}, "ImageNotFound"), ({"imageDigest": "sha256:" + "1" * 64}, "ImageNotFound"),
+        ({"imageTag": "gone"}, "ImageNotFound"),
+        ({"imageDigest": "sha256:" + "1" * 64}, "ImageNotFound"),
     ]
 
 
@@ -323,8 +334,10 @@ def test_tag_status_filter(ecr, client):
     old, new = build_image("oci", "old"), build_image("oci", "new")
     push_image(client, REPO, old, ["x"])
     push_image(client, REPO, new, ["x"])
+
     def digests(op, key, status):
         return [i["imageDigest"] for i in getattr(client, op)(repositoryName=REPO, filter={"tagStatus": status})[key]]
+
     assert digests("describe_images", "imageDetails", "TAGGED") == [new.digest]
     assert digests("describe_images", "imageDetails", "UNTAGGED") == [old.digest]
     assert digests("list_images", "imageIds", "UNTAGGED") == [old.digest]
@@ -333,7 +346,7 @@ def test_tag_status_filter(ecr, client):
 
 def test_image_pushed_at_is_kept_across_retags(ecr, client):
     image = build_image("oci", "a")
-    pushed = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    pushed = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     ecr.push(REPO, image, ["first"], pushed_at=pushed)
     client.put_image(repositoryName=REPO, imageManifest=image.manifest, imageTag="second")
     [detail] = client.describe_images(repositoryName=REPO)["imageDetails"]
@@ -350,7 +363,9 @@ def test_describe_images_with_missing_id_raises_image_not_found(ecr, client):
 
 def test_describe_images_cannot_combine_image_ids_with_next_token(ecr, client):
     with pytest.raises(ClientError) as error:
-        client.describe_images(repositoryName=REPO, imageIds=[{"imageTag": "x"}], nextToken=base64.b64encode(b'{"offset": 1}').decode())
+        client.describe_images(
+            repositoryName=REPO, imageIds=[{"imageTag": "x"}], nextToken=base64.b64encode(b'{"offset": 1}').decode()
+        )
     assert code(error) == "InvalidParameterException"
 
 
@@ -414,7 +429,9 @@ def test_fault_on_nth_call_is_retried_by_botocore(fault, serve):
         assert ecr.calls["DescribeImages"] == 3
 
 
-@pytest.mark.parametrize(("fault", "expected"), [(Fault.ACCESS_DENIED, "AccessDeniedException"), (Fault.SERVER_ERROR, "ServerException")])
+@pytest.mark.parametrize(
+    ("fault", "expected"), [(Fault.ACCESS_DENIED, "AccessDeniedException"), (Fault.SERVER_ERROR, "ServerException")]
+)
 def test_fault_on_every_call_fails(ecr, fault, expected):
     client = ecr.client(config=botocore.config.Config(retries={"mode": "standard", "max_attempts": 2}))
     ecr.inject("*", fault, times=None)
@@ -445,7 +462,9 @@ def test_server_is_reached_from_a_subprocess_through_aws_endpoint_url_ecr(ecr_do
     )
     env = {**os.environ, **ecr.environ()}
     env.pop("AWS_ENDPOINT_URL", None)
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
     assert json.loads(out.stdout) == {"imageDigest": image.digest, "imageTag": "sha-1"}
     assert ecr.calls["BatchGetImage"] == 1
     assert ecr.endpoint_url.startswith("http://127.0.0.1:")
@@ -454,16 +473,31 @@ def test_server_is_reached_from_a_subprocess_through_aws_endpoint_url_ecr(ecr_do
 def test_serve_command_prints_endpoint_and_serves(tmp_path):
     endpoint_file = tmp_path / "endpoint"
     process = subprocess.Popen(
-        [sys.executable, "-m", "airflow_ecr_retag.testing", "serve", "--seed", "team/app:v1:oci", "--endpoint-file", str(endpoint_file)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "airflow_ecr_retag.testing",
+            "serve",
+            "--seed",
+            "team/app:v1:oci",
+            "--endpoint-file",
+            str(endpoint_file),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         lines = [process.stdout.readline() for _ in range(2)]
         assert lines[1].startswith("ECR double listening on http://127.0.0.1:")
         import boto3
 
-        client = boto3.client("ecr", endpoint_url=endpoint_file.read_text(), region_name="us-east-1",
-                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        client = boto3.client(
+            "ecr",
+            endpoint_url=endpoint_file.read_text(),
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
         tags = [i.get("imageTag") for i in client.list_images(repositoryName="team/app")["imageIds"]]
         assert tags == ["v1"]
     finally:
@@ -474,6 +508,6 @@ def test_serve_command_prints_endpoint_and_serves(tmp_path):
 def test_pushed_at_can_be_set_for_age_based_tests(ecr):
     image = build_image("oci", "a")
     digest = ecr.push(REPO, image, ["old"])
-    week_ago = datetime.now(timezone.utc) - timedelta(days=7)
+    week_ago = datetime.now(UTC) - timedelta(days=7)
     ecr.set_pushed_at(REPO, digest, week_ago)
     assert abs(ecr.images(REPO)[digest].pushed_at - week_ago.timestamp()) < 1

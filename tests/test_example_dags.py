@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,8 +19,9 @@ REPO = "team/app"
 @pytest.fixture(scope="session")
 def airflow_db():
     """A migrated SQLite metadata DB in the suite's throwaway AIRFLOW_HOME."""
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, env=os.environ,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], check=True, env=os.environ, capture_output=True, timeout=600
+    )
 
 
 @pytest.fixture
@@ -47,7 +48,11 @@ def xcom(dag_run, task_id, key="return_value"):
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        row = session.query(XComModel).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id, task_id=task_id, key=key).one()
+        row = (
+            session.query(XComModel)
+            .filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id, task_id=task_id, key=key)
+            .one()
+        )
         return XComModel.deserialize_value(row)
 
 
@@ -96,7 +101,7 @@ def test_wait_for_prod_dag_defers_until_prod_reaches_the_digest(served, dagbag):
 
 
 def test_hygiene_dag_dry_run_then_clean_up(served, dagbag):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for i in range(25):
         tags = [f"sha-{i:02d}"] + (["latest"] if i == 24 else []) + ([f"v1.{i}"] if i % 5 == 0 else [])
         served.push(REPO, build_image("oci", f"b{i}"), tags, pushed_at=now - timedelta(hours=25 - i))

@@ -28,8 +28,13 @@ def clean_run(scenario):
         ecr.reset_calls()
         scenario.run()
         calls = [c.operation for c in ecr.requests]
-        return {"calls": calls, "before_tags": before_tags, "before_images": before_images,
-                "end_tags": ecr.tags(REPO), "end_images": set(ecr.images(REPO))}
+        return {
+            "calls": calls,
+            "before_tags": before_tags,
+            "before_images": before_images,
+            "end_tags": ecr.tags(REPO),
+            "end_images": set(ecr.images(REPO)),
+        }
 
 
 def _call_points(calls):
@@ -52,7 +57,9 @@ def _matrix():
         baselines[scenario.name] = baseline
         for operation, nth in _call_points(baseline["calls"]):
             for fault in [*TRANSIENT, Fault.ACCESS_DENIED]:
-                cases.append(pytest.param(scenario, operation, nth, fault, id=f"{scenario.name}-{operation}#{nth}-{fault.value}"))
+                cases.append(
+                    pytest.param(scenario, operation, nth, fault, id=f"{scenario.name}-{operation}#{nth}-{fault.value}")
+                )
     return cases, baselines
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from helpers import AWS, make_context
@@ -13,7 +13,7 @@ from airflow_ecr_retag.exceptions import HygieneFailedError, InvalidInputError
 from airflow_ecr_retag.testing import build_image
 
 REPO = "team/app"
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 
 
 @pytest.fixture
@@ -55,7 +55,9 @@ def test_keep_latest_ranks_images_by_push_time_then_digest(ecr):
 
 def test_keep_latest_ties_broken_by_digest(ecr):
     same_time = NOW - timedelta(days=1)
-    digests = sorted(ecr.push(REPO, build_image("oci", f"tie{i}"), [f"sha-{i}", f"keep-{i}"], pushed_at=same_time) for i in range(3))
+    digests = sorted(
+        ecr.push(REPO, build_image("oci", f"tie{i}"), [f"sha-{i}", f"keep-{i}"], pushed_at=same_time) for i in range(3)
+    )
     report, _ = run(rules=[{"tag_pattern": "sha-*", "keep_latest": 1}])
     kept_digest = digests[0]
     survivors = {t: d for t, d in ecr.tags(REPO).items() if t.startswith("sha-")}
@@ -93,7 +95,8 @@ def test_last_tag_is_never_removed_without_permission(ecr):
     assert set(ecr.images(REPO)) == images_before
     assert ecr.tags(REPO) == {"latest": lonely, "sha-b": pair}
     assert sorted(report["skipped_last_tag"], key=lambda s: s["tag"]) == [
-        {"tag": "latest", "digest": lonely}, {"tag": "sha-b", "digest": pair},
+        {"tag": "latest", "digest": lonely},
+        {"tag": "sha-b", "digest": pair},
     ]
     assert removed_tags(report) == ["sha-a"]
     assert report["images_deleted"] == []
@@ -141,12 +144,20 @@ def test_failure_report_is_pushed_to_xcom_before_failing(ecr):
     index = build_image("oci-index", "multi")
     ecr.push(REPO, index, ["v1"])
     ecr.move_tag(REPO, "child-tag", index.children[0].digest)
-    operator = EcrTagHygieneOperator(task_id="h", repository_name=REPO, rules=[{"tag_pattern": "child-tag"}], allow_image_deletion=True, **AWS)
+    operator = EcrTagHygieneOperator(
+        task_id="h", repository_name=REPO, rules=[{"tag_pattern": "child-tag"}], allow_image_deletion=True, **AWS
+    )
     context = make_context()
     with pytest.raises(HygieneFailedError):
         operator.execute(context)
     [failure] = context["ti"].xcom["hygiene_report"]["failed"]
     assert failure["code"] == "ImageReferencedByManifestList" and failure["tag"] == "child-tag"
+
+
+def test_the_report_is_xcom_hygiene_report_on_success_too(ecr):
+    push(ecr, "a", ["latest", "v1"])
+    report, xcom = run()
+    assert xcom["hygiene_report"] == report  # the same key whatever the outcome; return_value too on success
 
 
 def test_tag_already_gone_counts_as_success(ecr):
@@ -172,7 +183,7 @@ def test_dry_run_makes_zero_write_calls_and_reports_the_same(ecr):
 def test_untagged_index_children_are_never_touched(ecr):
     index = build_image("oci-index", "multi")
     ecr.push(REPO, index, ["latest", "v1"])
-    report, _ = run(rules=[{"tag_pattern": "*"}], protect=["v1"], allow_image_deletion=True)
+    run(rules=[{"tag_pattern": "*"}], protect=["v1"], allow_image_deletion=True)
     assert set(ecr.images(REPO)) == {index.digest, *(c.digest for c in index.children)}
     for call in ecr.requests_for("BatchDeleteImage"):
         assert all(set(i) == {"imageTag"} for i in call["imageIds"])
@@ -180,8 +191,12 @@ def test_untagged_index_children_are_never_touched(ecr):
 
 def test_pagination_past_1000_images_and_batches_of_at_most_100(ecr):
     for i in range(1150):
-        ecr.push(REPO, build_image("oci", f"n{i}"), [f"sha-{i:04d}", f"latest-{i}" if i % 4 == 0 else f"x-{i}"],
-                 pushed_at=NOW - timedelta(minutes=i))
+        ecr.push(
+            REPO,
+            build_image("oci", f"n{i}"),
+            [f"sha-{i:04d}", f"latest-{i}" if i % 4 == 0 else f"x-{i}"],
+            pushed_at=NOW - timedelta(minutes=i),
+        )
     report, _ = run(rules=[{"tag_pattern": "sha-*", "keep_latest": 20}, {"tag_pattern": "latest-*"}])
     assert report["images_scanned"] == 1150
     # Images 0-19 are the newest 20: their sha-* stay, their latest-* go (5 of them). Every older

@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from helpers import AWS, make_context
@@ -30,7 +30,7 @@ PROTECTED_TAGS = ["prod", "v1", "v2"]
 FREE_TAGS = ["sha-1", "sha-2", "sha-3", "latest", "pr-1", "pr-2", "rc"]
 ALL_TAGS = PROTECTED_TAGS + FREE_TAGS
 PATTERNS = ["sha-*", "latest", "pr-*", "*", "rc", "v*"]
-START = datetime(2026, 6, 1, tzinfo=timezone.utc)
+START = datetime(2026, 6, 1, tzinfo=UTC)
 
 rule_strategy = st.fixed_dictionaries(
     {"tag_pattern": st.sampled_from(PATTERNS)},
@@ -75,7 +75,9 @@ class RegistryMachine(RuleBasedStateMachine):
         return self._push(tags, age)
 
     def _push(self, tags, age):
-        digest = self.ecr.push(REPO, build_image("oci", f"img{next(self.names)}"), tags, pushed_at=START - timedelta(days=age))
+        digest = self.ecr.push(
+            REPO, build_image("oci", f"img{next(self.names)}"), tags, pushed_at=START - timedelta(days=age)
+        )
         self._after()
         return digest
 
@@ -83,7 +85,9 @@ class RegistryMachine(RuleBasedStateMachine):
     def promote(self, digest, target_list):
         targets = target_list
         context = make_context()
-        returned = EcrRetagOperator(task_id="p", repository_name=REPO, source_digest=digest, target_tags=targets, **AWS).execute(context)
+        returned = EcrRetagOperator(
+            task_id="p", repository_name=REPO, source_digest=digest, target_tags=targets, **AWS
+        ).execute(context)
         report = context["ti"].xcom["promotion"]
         tags = self.ecr.tags(REPO)
         assert returned == report["digest"] == digest
@@ -91,7 +95,11 @@ class RegistryMachine(RuleBasedStateMachine):
         assert sorted(report["added"] + report["unchanged"]) == sorted(targets)
         self._after(targeted=set(targets))
 
-    @rule(source=st.sampled_from(FREE_TAGS), stale=images, target_list=st.lists(st.sampled_from(ALL_TAGS), min_size=1, max_size=2, unique=True))
+    @rule(
+        source=st.sampled_from(FREE_TAGS),
+        stale=images,
+        target_list=st.lists(st.sampled_from(ALL_TAGS), min_size=1, max_size=2, unique=True),
+    )
     def promote_with_guard(self, source, stale, target_list):
         targets = target_list
         tags = self.ecr.tags(REPO)
@@ -99,7 +107,9 @@ class RegistryMachine(RuleBasedStateMachine):
             return
         tested = tags[source] if stale == tags[source] or len(self.known_images) < 2 else stale
         self.ecr.reset_calls()
-        operator = EcrRetagOperator(task_id="g", repository_name=REPO, source_tag=source, source_digest=tested, target_tags=targets, **AWS)
+        operator = EcrRetagOperator(
+            task_id="g", repository_name=REPO, source_tag=source, source_digest=tested, target_tags=targets, **AWS
+        )
         if tested != tags[source]:
             with pytest.raises(GuardFailedError):
                 operator.execute(make_context())
@@ -118,15 +128,20 @@ class RegistryMachine(RuleBasedStateMachine):
             return
         digest = tags[source]
         context = make_context()
-        EcrRetagOperator(task_id="m", repository_name=REPO, source_tag=source, target_tags=[target], remove_source_tag=True, **AWS).execute(context)
+        EcrRetagOperator(
+            task_id="m", repository_name=REPO, source_tag=source, target_tags=[target], remove_source_tag=True, **AWS
+        ).execute(context)
         report = context["ti"].xcom["promotion"]
         now = self.ecr.tags(REPO)
         assert now[target] == digest
         assert (source not in now) == report["source_tag_removed"]
         self._after(targeted={target})
 
-    @rule(rules=st.lists(rule_strategy, min_size=1, max_size=3), dry_run=st.booleans(),
-          race=st.one_of(st.none(), st.tuples(st.sampled_from(FREE_TAGS), images)))
+    @rule(
+        rules=st.lists(rule_strategy, min_size=1, max_size=3),
+        dry_run=st.booleans(),
+        race=st.one_of(st.none(), st.tuples(st.sampled_from(FREE_TAGS), images)),
+    )
     def hygiene(self, rules, dry_run, race):
         if race and not dry_run:
             tag, digest = race

@@ -21,10 +21,14 @@ def test_airflow_providers_list_shows_this_provider_and_keeps_the_others(tmp_pat
     env = {**os.environ, "AIRFLOW_HOME": str(tmp_path)}
     out = subprocess.run(
         [sys.executable, "-m", "airflow", "providers", "list", "--output", "json"],
-        env=env, capture_output=True, text=True, timeout=300, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
     )
     # Unit-test mode logs a line before the JSON document.
-    listing = out.stdout[out.stdout.index("[{"):]
+    listing = out.stdout[out.stdout.index("[{") :]
     providers = {row["package_name"]: row for row in json.loads(listing)}
     assert providers["airflow-ecr-retag"]["version"] == airflow_ecr_retag.__version__
     assert "apache-airflow-providers-amazon" in providers
@@ -47,7 +51,8 @@ def test_providers_manager_registers_links_and_modules():
 def test_top_level_import_does_not_load_boto3_or_the_amazon_provider():
     code = (
         "import sys, airflow_ecr_retag;"
-        "heavy = [m for m in ('boto3', 'botocore', 'airflow.providers.amazon', 'aiobotocore', 'moto') if m in sys.modules];"
+        "heavy = [m for m in ('boto3', 'botocore', 'airflow.providers.amazon', 'aiobotocore', 'moto') "
+        "if m in sys.modules];"
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)

@@ -10,6 +10,8 @@ from airflow.providers.common.compat.sdk import AirflowFailException
 from helpers import AWS, make_context
 
 from airflow_ecr_retag import EcrRetagOperator
+from airflow_ecr_retag.core import errors as core_errors
+from airflow_ecr_retag.core.promotion import PromotionRequest, promote
 from airflow_ecr_retag.exceptions import (
     EcrPermanentError,
     GuardFailedError,
@@ -19,8 +21,6 @@ from airflow_ecr_retag.exceptions import (
     TargetExistsError,
 )
 from airflow_ecr_retag.links import EcrImageLink
-from airflow_ecr_retag.core import errors as core_errors
-from airflow_ecr_retag.core.promotion import PromotionRequest, promote
 from airflow_ecr_retag.testing import Fault, build_image
 
 REPO = "team/app"
@@ -183,7 +183,12 @@ def test_move_removes_the_source_tag_after_the_targets(ecr):
     _, xcom = run(source_tag="rc", target_tags=["v1"], remove_source_tag=True)
     assert ecr.tags(REPO) == {"v1": digest}
     assert xcom["promotion"]["source_tag_removed"] is True
-    assert [call.operation for call in ecr.requests] == ["BatchGetImage", "PutImage", "DescribeImages", "BatchDeleteImage"]
+    assert [call.operation for call in ecr.requests] == [
+        "BatchGetImage",
+        "PutImage",
+        "DescribeImages",
+        "BatchDeleteImage",
+    ]
     assert ecr.requests_for("BatchDeleteImage")[0]["imageIds"] == [{"imageTag": "rc"}]
     assert digest in ecr.images(REPO)
 
@@ -292,7 +297,15 @@ def test_console_link_is_persisted(ecr):
 
 def test_templated_fields_and_lazy_validation():
     operator = EcrRetagOperator(task_id="t", repository_name="{{ params.repo }}", source_tag="BAD TAG", target_tags=[])
-    assert {"repository_name", "source_tag", "source_digest", "target_tags", "registry_id", "aws_conn_id", "region_name"} <= set(operator.template_fields)
+    assert {
+        "repository_name",
+        "source_tag",
+        "source_digest",
+        "target_tags",
+        "registry_id",
+        "aws_conn_id",
+        "region_name",
+    } <= set(operator.template_fields)
 
 
 BAD_INPUTS = [
@@ -332,7 +345,9 @@ def test_target_tags_rendered_as_text_by_a_template_are_parsed_back(ecr):
     from airflow.sdk.definitions.param import ParamsDict
 
     digest = ecr.push(REPO, build_image("oci"), ["sha-1"])
-    operator = EcrRetagOperator(task_id="p", repository_name=REPO, source_tag="sha-1", target_tags="{{ params.tags }}", **AWS)
+    operator = EcrRetagOperator(
+        task_id="p", repository_name=REPO, source_tag="sha-1", target_tags="{{ params.tags }}", **AWS
+    )
     context = {**make_context(), "params": ParamsDict({"tags": ["v3", "prod"]})}
     operator.render_template_fields(context)
     assert operator.target_tags == "['v3', 'prod']"  # what non-native Jinja renders

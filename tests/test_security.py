@@ -39,27 +39,42 @@ SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETKEY"
 
 
 def test_the_aws_secret_key_never_appears_in_task_logs(monkeypatch, capsys, caplog):
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_SECRET_TEST", json.dumps(
-        {"conn_type": "aws", "login": "AKIAEXAMPLEKEYID1234", "password": SECRET, "extra": {"region_name": "us-east-1"}}
-    ))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_SECRET_TEST",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "AKIAEXAMPLEKEYID1234",
+                "password": SECRET,
+                "extra": {"region_name": "us-east-1"},
+            }
+        ),
+    )
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     caplog.set_level(logging.DEBUG)
     for logger in ("botocore", "boto3", "airflow", "urllib3", "airflow.task"):
         logging.getLogger(logger).setLevel(logging.DEBUG)
-    from airflow_ecr_retag import EcrRetagOperator, EcrTagHygieneOperator, EcrTagSensor
     from helpers import make_context
+
+    from airflow_ecr_retag import EcrRetagOperator, EcrTagHygieneOperator, EcrTagSensor
 
     conn = {"aws_conn_id": "aws_secret_test"}
     with EcrDouble() as ecr:
         seed_retag(ecr)
         ecr.push(REPO, build_image("oci", "x"), ["sha-1"])
-        EcrRetagOperator(task_id="p", repository_name=REPO, source_tag="rc", target_tags=["v2"], remove_source_tag=True, **conn).execute(make_context())
+        EcrRetagOperator(
+            task_id="p", repository_name=REPO, source_tag="rc", target_tags=["v2"], remove_source_tag=True, **conn
+        ).execute(make_context())
         EcrTagSensor(task_id="s", repository_name=REPO, tag="sha-1", **conn).execute(make_context())
-        EcrTagHygieneOperator(task_id="h", repository_name=REPO, rules=[{"tag_pattern": "sha-*"}], **conn).execute(make_context())
+        EcrTagHygieneOperator(task_id="h", repository_name=REPO, rules=[{"tag_pattern": "sha-*"}], **conn).execute(
+            make_context()
+        )
         ecr.inject("*", Fault.ACCESS_DENIED, times=None)  # error paths log too
         with pytest.raises(Exception, match="AccessDenied"):
-            EcrRetagOperator(task_id="f", repository_name=REPO, source_tag="v2", target_tags=["v3"], **conn).execute(make_context())
+            EcrRetagOperator(task_id="f", repository_name=REPO, source_tag="v2", target_tags=["v3"], **conn).execute(
+                make_context()
+            )
         assert ecr.total_calls > 5
     captured = capsys.readouterr()
     everything = captured.out + captured.err + caplog.text
@@ -91,9 +106,11 @@ def test_tasks_spawn_nothing_and_write_only_in_temp_dirs():
             events.append((event, args))
         elif event == "open" and len(args) >= 2:
             path, mode = args[0], args[1]
-            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-                isinstance(mode, int) and mode & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
-            ) or (len(args) > 2 and isinstance(args[2], int) and args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+            writing = (
+                (isinstance(mode, str) and any(c in mode for c in "wax+"))
+                or (isinstance(mode, int) and mode & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+                or (len(args) > 2 and isinstance(args[2], int) and args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+            )
             if writing and isinstance(path, (str, bytes, os.PathLike)):
                 resolved = os.path.realpath(os.fsdecode(path))
                 if not resolved.startswith((os.path.realpath(tempfile.gettempdir()), "/dev/")):

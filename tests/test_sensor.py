@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 import sys
 import threading
@@ -13,9 +14,9 @@ from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSen
 from helpers import AWS, PollRecorder, make_context
 
 from airflow_ecr_retag import EcrTagSensor
+from airflow_ecr_retag.core.tag_poller import loop_state
 from airflow_ecr_retag.exceptions import EcrPermanentError, InvalidInputError
 from airflow_ecr_retag.testing import Fault, build_image
-from airflow_ecr_retag.core.tag_poller import loop_state
 from airflow_ecr_retag.triggers.tag import EcrTagTrigger
 
 REPO = "team/app"
@@ -155,8 +156,14 @@ def test_deferrable_returns_at_once_when_the_tag_is_there(served):
 
 
 def trigger_for(served, **kwargs):
-    params = {"repository_name": REPO, "tag": "sha-1", "poke_interval": 0.2, "timeout_at": time.time() + 30,
-              "aws_conn_id": None, "region_name": "us-east-1"}
+    params = {
+        "repository_name": REPO,
+        "tag": "sha-1",
+        "poke_interval": 0.2,
+        "timeout_at": time.time() + 30,
+        "aws_conn_id": None,
+        "region_name": "us-east-1",
+    }
     return EcrTagTrigger(**{**params, **kwargs})
 
 
@@ -196,7 +203,9 @@ def test_trigger_survives_transient_errors_and_keeps_polling(served, fault):
     # botocore's own retries off, so the trigger's loop is what survives the errors.
     served.inject("BatchGetImage", fault, times=3)
     digest = served.push(REPO, build_image("oci"), ["sha-1"])
-    trigger = trigger_for(served, poke_interval=0.05, botocore_config={"retries": {"mode": "standard", "total_max_attempts": 1}})
+    trigger = trigger_for(
+        served, poke_interval=0.05, botocore_config={"retries": {"mode": "standard", "total_max_attempts": 1}}
+    )
     event = run_trigger(trigger)
     assert event == {"status": "success", "digest": digest, "tag": "sha-1", "repository_name": REPO}
     assert served.calls["BatchGetImage"] == 4
@@ -243,18 +252,23 @@ def test_trigger_honours_poke_interval(served, monkeypatch):
     starts, ends = recorder.times("start"), recorder.times("end")
     assert len(starts) >= 3, starts
     # Due an interval after the previous poll was sent, on the poller's clock: never sooner...
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert all(gap >= interval - 1e-9 for gap in gaps), gaps
     # ...and not left idle past that (or past the previous answer, if it came later).
-    lateness = [nxt - max(start + interval, end) for start, end, nxt in zip(starts, ends, starts[1:])]
+    lateness = [nxt - max(start + interval, end) for start, end, nxt in zip(starts, ends, starts[1:], strict=False)]
     assert all(late <= 0.3 for late in lateness), lateness
 
 
 def test_execute_complete_returns_the_digest_or_fails():
     s = sensor(deferrable=True)
-    assert s.execute_complete(make_context(), {"status": "success", "digest": "sha256:" + "a" * 64}) == "sha256:" + "a" * 64
+    assert (
+        s.execute_complete(make_context(), {"status": "success", "digest": "sha256:" + "a" * 64})
+        == "sha256:" + "a" * 64
+    )
     with pytest.raises(EcrPermanentError, match="RepositoryNotFoundException"):
-        s.execute_complete(make_context(), {"status": "error", "code": "RepositoryNotFoundException", "message": "gone"})
+        s.execute_complete(
+            make_context(), {"status": "error", "code": "RepositoryNotFoundException", "message": "gone"}
+        )
     with pytest.raises(AirflowSensorTimeout):
         s.execute_complete(make_context(), {"status": "timeout", "message": "late"})
     with pytest.raises(Exception, match="event is None"):

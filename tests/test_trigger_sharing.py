@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 
 import pytest
 from helpers import PollRecorder
 
-from airflow_ecr_retag.testing import build_image
 from airflow_ecr_retag.core.tag_poller import loop_state
+from airflow_ecr_retag.testing import build_image
 from airflow_ecr_retag.triggers.tag import EcrTagTrigger
 
 # Sleeps, measures time or races threads: proven under load by scripts/prove_timing.py.
@@ -20,8 +21,14 @@ INTERVAL = 0.5
 
 
 def trigger(repository, tag, **kwargs):
-    params = {"repository_name": repository, "tag": tag, "poke_interval": INTERVAL, "timeout_at": time.time() + 60,
-              "aws_conn_id": None, "region_name": "us-east-1"}
+    params = {
+        "repository_name": repository,
+        "tag": tag,
+        "poke_interval": INTERVAL,
+        "timeout_at": time.time() + 60,
+        "aws_conn_id": None,
+        "region_name": "us-east-1",
+    }
     return EcrTagTrigger(**{**params, **kwargs})
 
 
@@ -62,12 +69,15 @@ def test_50_triggers_on_5_repositories_make_at_most_5_calls_per_interval(served,
 
     polls, waiting_calls, events = asyncio.run(scenario())
     # Each poll round asks once per repository for all 10 of its tags: 5 calls per interval, not 50.
-    assert all(len(c.params["imageIds"]) == 10 for c in waiting_calls), [len(c.params["imageIds"]) for c in waiting_calls]
+    assert all(len(c.params["imageIds"]) == 10 for c in waiting_calls), [
+        len(c.params["imageIds"]) for c in waiting_calls
+    ]
     for repo, starts in polls.items():
         assert len(starts) >= 2, (repo, starts)
-        assert all(b - a >= INTERVAL - 1e-9 for a, b in zip(starts, starts[1:])), (repo, starts)  # one poll an interval
+        # One poll an interval:
+        assert all(b - a >= INTERVAL - 1e-9 for a, b in itertools.pairwise(starts)), (repo, starts)
     assert len(waiting_calls) <= sum(len(s) for s in polls.values())  # one call per poll
-    for (repo, tag), event in zip(waits, events):
+    for (repo, tag), event in zip(waits, events, strict=True):
         assert event == {"status": "success", "digest": pushed[tag], "tag": tag, "repository_name": repo}
     assert max(len(c["imageIds"]) for c in served.requests_for("BatchGetImage")) == 10
 
@@ -91,7 +101,9 @@ def test_each_trigger_gets_its_own_outcome_including_per_item_expectations(serve
 
     async def scenario():
         at_a = asyncio.ensure_future(first_event(trigger("team/svc1", "prod", expected_digest=a)))
-        at_b = asyncio.ensure_future(first_event(trigger("team/svc1", "prod", expected_digest=b, timeout_at=time.time() + 1.5)))
+        at_b = asyncio.ensure_future(
+            first_event(trigger("team/svc1", "prod", expected_digest=b, timeout_at=time.time() + 1.5))
+        )
         return await at_a, await at_b
 
     at_a, at_b = asyncio.run(scenario())
@@ -121,7 +133,9 @@ def test_cancelling_half_the_triggers_leaves_the_others_working(served):
 
 
 def test_different_connection_or_region_never_share_a_client(served, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_OTHER", json.dumps({"conn_type": "aws", "login": "other", "password": "other-secret"}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_OTHER", json.dumps({"conn_type": "aws", "login": "other", "password": "other-secret"})
+    )
     served.create_repository("team/svc0", region_name="us-west-2")
     seen = {}
 
@@ -129,8 +143,12 @@ def test_different_connection_or_region_never_share_a_client(served, monkeypatch
         tasks = [
             asyncio.ensure_future(first_event(trigger("team/svc0", "x", timeout_at=time.time() + 5))),
             asyncio.ensure_future(first_event(trigger("team/svc0", "y", timeout_at=time.time() + 5))),
-            asyncio.ensure_future(first_event(trigger("team/svc0", "x", region_name="us-west-2", timeout_at=time.time() + 5))),
-            asyncio.ensure_future(first_event(trigger("team/svc0", "x", aws_conn_id="aws_other", timeout_at=time.time() + 5))),
+            asyncio.ensure_future(
+                first_event(trigger("team/svc0", "x", region_name="us-west-2", timeout_at=time.time() + 5))
+            ),
+            asyncio.ensure_future(
+                first_event(trigger("team/svc0", "x", aws_conn_id="aws_other", timeout_at=time.time() + 5))
+            ),
         ]
         await until(lambda: len(loop_state().pollers) >= 3)
         seen["clients"] = {(k.aws_conn_id, k.region_name) for k in loop_state().clients}
@@ -151,7 +169,12 @@ def test_throttling_backs_off_the_whole_poller(served):
 
     async def scenario():
         no_retry = {"retries": {"mode": "standard", "total_max_attempts": 1}}
-        return await asyncio.gather(*(first_event(trigger("team/svc3", f"t{i}", poke_interval=0.1, botocore_config=no_retry)) for i in range(20)))
+        return await asyncio.gather(
+            *(
+                first_event(trigger("team/svc3", f"t{i}", poke_interval=0.1, botocore_config=no_retry))
+                for i in range(20)
+            )
+        )
 
     events = asyncio.run(scenario())
     assert [e["digest"] for e in events] == [digests[f"t{i}"] for i in range(20)]

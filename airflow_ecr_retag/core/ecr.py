@@ -96,7 +96,9 @@ async def fetch_images_async(
     return parse_batch_get(response, {ref_key(r) for r in refs}, registry_id)
 
 
-def batch_get_params(repository_name: str, refs: Sequence[dict[str, str]], registry_id: str | None = None) -> dict[str, Any]:
+def batch_get_params(
+    repository_name: str, refs: Sequence[dict[str, str]], registry_id: str | None = None
+) -> dict[str, Any]:
     """BatchGetImage arguments, accepting every manifest media type so ECR never translates."""
     return pruned(
         registryId=registry_id,
@@ -132,7 +134,9 @@ def _answer_key(image_id: dict[str, str], wanted: set[tuple[str, str]]) -> tuple
     return ("digest", image_id.get("imageDigest", ""))
 
 
-def describe_image(client: Any, repository_name: str, digest: str, registry_id: str | None = None) -> dict[str, Any] | None:
+def describe_image(
+    client: Any, repository_name: str, digest: str, registry_id: str | None = None
+) -> dict[str, Any] | None:
     """DescribeImages for one digest: the image's details (with its current tags), or None."""
     return describe_images(client, repository_name, [digest], registry_id).get(digest)
 
@@ -146,7 +150,9 @@ def describe_images(
     def read(batch: Sequence[str]) -> None:
         try:
             response = client.describe_images(
-                **pruned(registryId=registry_id, repositoryName=repository_name, imageIds=[ref(digest=d) for d in batch])
+                **pruned(
+                    registryId=registry_id, repositoryName=repository_name, imageIds=[ref(digest=d) for d in batch]
+                )
             )
         except Exception as error:
             if error_code(error) != "ImageNotFoundException":

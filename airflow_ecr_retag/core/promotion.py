@@ -54,7 +54,11 @@ class PromotionRequest:
             if source_tag is None:
                 raise InvalidInputError("remove_source_tag", "needs source_tag: there is no tag to remove", None)
             if source_tag in targets:
-                raise InvalidInputError("target_tags", f"must not contain the source tag {source_tag!r} when remove_source_tag=True", targets)
+                raise InvalidInputError(
+                    "target_tags",
+                    f"must not contain the source tag {source_tag!r} when remove_source_tag=True",
+                    targets,
+                )
         return cls(repository_name, source_tag, source_digest, targets, registry_id, overwrite, remove_source_tag)
 
     @property
@@ -71,7 +75,9 @@ def image_uri(registry_id: str, region_name: str, repository_name: str, digest: 
     return f"{registry_id}.dkr.ecr.{region_name}.amazonaws.com/{repository_name}@{digest}"
 
 
-def promote(client: Any, request: PromotionRequest, *, region_name: str, log: logging.Logger | Any = _module_log) -> dict[str, Any]:
+def promote(
+    client: Any, request: PromotionRequest, *, region_name: str, log: logging.Logger | Any = _module_log
+) -> dict[str, Any]:
     """Promote the source image to every target tag and return the ``promotion`` report.
 
     :param log: where the per-tag lines go (the operator passes its task logger).
@@ -108,7 +114,9 @@ def promote(client: Any, request: PromotionRequest, *, region_name: str, log: lo
         to_set.append(tag)
     if moved and not request.overwrite:
         listing = ", ".join(f"{t} -> {d}" for t, d in moved.items())
-        raise TargetExistsError(f"overwrite=False and target tags already point at other images: {listing}; nothing was written")
+        raise TargetExistsError(
+            f"overwrite=False and target tags already point at other images: {listing}; nothing was written"
+        )
 
     for tag in unchanged:
         log.info("Tag %s: already at %s", tag, source.digest)
@@ -130,8 +138,13 @@ def promote(client: Any, request: PromotionRequest, *, region_name: str, log: lo
     removed = _remove_source_tag(client, request, source.digest, log) if request.remove_source_tag else False
     in_target_order = request.target_tags.index
     return _report(
-        request, source, region_name, added=sorted(added, key=in_target_order), unchanged=sorted(unchanged, key=in_target_order),
-        moved=moved, source_tag_removed=removed,
+        request,
+        source,
+        region_name,
+        added=sorted(added, key=in_target_order),
+        unchanged=sorted(unchanged, key=in_target_order),
+        moved=moved,
+        source_tag_removed=removed,
     )
 
 
@@ -153,14 +166,18 @@ def _remove_source_tag(client: Any, request: PromotionRequest, digest: str, log:
             log.info("Source tag %s: removed from %s", tag, digest)
             return True
         for failure in failures:
-            log.warning("Source tag %s not removed: %s %s", tag, failure.get("failureCode"), failure.get("failureReason"))
+            log.warning(
+                "Source tag %s not removed: %s %s", tag, failure.get("failureCode"), failure.get("failureReason")
+            )
     return False
 
 
 def _targets_converged(found: dict, request: PromotionRequest) -> bool:
     digests = {found[("tag", t)].digest for t in request.target_tags if ("tag", t) in found}
-    return len(digests) == 1 and all(("tag", t) in found for t in request.target_tags) and (
-        request.source_digest is None or digests == {request.source_digest}
+    return (
+        len(digests) == 1
+        and all(("tag", t) in found for t in request.target_tags)
+        and (request.source_digest is None or digests == {request.source_digest})
     )
 
 
@@ -168,11 +185,14 @@ def _already_moved(found: dict, request: PromotionRequest, region_name: str, log
     image = found[("tag", request.target_tags[0])]
     log.info(
         "Source tag %s is gone and every target already points at %s: an earlier attempt completed this move",
-        request.source_tag, image.digest,
+        request.source_tag,
+        image.digest,
     )
     for tag in request.target_tags:
         log.info("Tag %s: already at %s", tag, image.digest)
-    return _report(request, image, region_name, added=[], unchanged=list(request.target_tags), moved={}, source_tag_removed=False)
+    return _report(
+        request, image, region_name, added=[], unchanged=list(request.target_tags), moved={}, source_tag_removed=False
+    )
 
 
 def _report(request: PromotionRequest, image: ecr.FetchedImage, region_name: str, **outcome: Any) -> dict[str, Any]:

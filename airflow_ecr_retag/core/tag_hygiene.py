@@ -19,7 +19,7 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow_ecr_retag.core import ecr, validation
@@ -58,15 +58,21 @@ def parse_rules(value: Any) -> list[Rule]:
             raise InvalidInputError(where, "must be a dict", raw)
         unknown = sorted(set(raw) - RULE_KEYS)
         if unknown:
-            raise InvalidInputError(where, f"unknown keys {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(RULE_KEYS))}", raw)
+            raise InvalidInputError(
+                where, f"unknown keys {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(RULE_KEYS))}", raw
+            )
         pattern = raw.get("tag_pattern")
         if not isinstance(pattern, str) or not pattern.strip() or pattern != pattern.strip():
-            raise InvalidInputError(f"{where}.tag_pattern", "is required: a non-empty glob without surrounding whitespace", pattern)
+            raise InvalidInputError(
+                f"{where}.tag_pattern", "is required: a non-empty glob without surrounding whitespace", pattern
+            )
         keep = raw.get("keep_latest")
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 0):
             raise InvalidInputError(f"{where}.keep_latest", "must be a non-negative integer", keep)
         days = raw.get("older_than_days")
-        if days is not None and (isinstance(days, bool) or not isinstance(days, (int, float)) or days < 0 or math.isnan(days)):
+        if days is not None and (
+            isinstance(days, bool) or not isinstance(days, (int, float)) or days < 0 or math.isnan(days)
+        ):
             raise InvalidInputError(f"{where}.older_than_days", "must be a non-negative number of days", days)
         rules.append(Rule(pattern, keep, days))
     return rules
@@ -82,8 +88,16 @@ class HygieneRequest:
     dry_run: bool
 
     @classmethod
-    def validated(cls, *, repository_name: Any, rules: Any, registry_id: Any = None, protect: Any = None,
-                  allow_image_deletion: Any = False, dry_run: Any = False) -> HygieneRequest:
+    def validated(
+        cls,
+        *,
+        repository_name: Any,
+        rules: Any,
+        registry_id: Any = None,
+        protect: Any = None,
+        allow_image_deletion: Any = False,
+        dry_run: Any = False,
+    ) -> HygieneRequest:
         repository = validation.repository_name(repository_name)
         registry = validation.registry_id(registry_id)
         parsed = parse_rules(rules)
@@ -118,8 +132,8 @@ def read_snapshot(client: Any, request: HygieneRequest, log: Any = _module_log) 
 def _pushed_at(detail: dict[str, Any]) -> datetime:
     value = detail.get("imagePushedAt")
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    return datetime.fromtimestamp(float(value or 0), tz=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(float(value or 0), tz=UTC)
 
 
 def select(snapshot: Snapshot, rules: Sequence[Rule], now: datetime) -> dict[str, str]:
@@ -190,7 +204,9 @@ def plan(current_tags: dict[str, list[str]], candidates: dict[str, list[str]], a
     return result
 
 
-def current_tags(client: Any, request: HygieneRequest, digests: Sequence[str], snapshot: Snapshot) -> dict[str, list[str]]:
+def current_tags(
+    client: Any, request: HygieneRequest, digests: Sequence[str], snapshot: Snapshot
+) -> dict[str, list[str]]:
     """The images' tags now, by the cheaper of two reads. Images gone are absent.
 
     DescribeImages by digest takes 100 images a call; the paginator reads 1000 a page. When most
@@ -297,10 +313,12 @@ def build_report(
     }
 
 
-def run_hygiene(client: Any, request: HygieneRequest, *, now: datetime | None = None, log: Any = _module_log) -> dict[str, Any]:
+def run_hygiene(
+    client: Any, request: HygieneRequest, *, now: datetime | None = None, log: Any = _module_log
+) -> dict[str, Any]:
     """Apply ``request`` to the repository and return the report."""
     snapshot = read_snapshot(client, request, log)
-    selected = select(snapshot, request.rules, now or datetime.now(timezone.utc))
+    selected = select(snapshot, request.rules, now or datetime.now(UTC))
     candidates, protected = apply_protection(selected, request.protect)
     now_tags, moved = recheck(client, request, snapshot, candidates, log)
     decided = plan(now_tags, candidates, request.allow_image_deletion)

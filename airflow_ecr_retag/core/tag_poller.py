@@ -53,9 +53,13 @@ class ClientKey:
     botocore_config: str
 
     @classmethod
-    def of(cls, aws_conn_id: str | None, region_name: str | None, verify: bool | str | None, botocore_config: dict | None) -> ClientKey:
+    def of(
+        cls, aws_conn_id: str | None, region_name: str | None, verify: bool | str | None, botocore_config: dict | None
+    ) -> ClientKey:
         endpoint = os.environ.get("AWS_ENDPOINT_URL_ECR") or os.environ.get("AWS_ENDPOINT_URL")
-        return cls(aws_conn_id, region_name, verify, endpoint, json.dumps(botocore_config or {}, sort_keys=True, default=str))
+        return cls(
+            aws_conn_id, region_name, verify, endpoint, json.dumps(botocore_config or {}, sort_keys=True, default=str)
+        )
 
 
 @dataclass
@@ -137,7 +141,9 @@ class RepositoryPoller:
                 min(w.poke_interval for w in due) * 2 ** (self._failures_in_a_row - 1),
                 max(max(w.poke_interval for w in due), MAX_BACKOFF_SECONDS),
             )
-            log.warning("Transient error polling %s (%s); whole poller backs off %.1f s", self.repository_name, error, backoff)
+            log.warning(
+                "Transient error polling %s (%s); whole poller backs off %.1f s", self.repository_name, error, backoff
+            )
             for waiter in self.waiters.values():
                 waiter.next_due = max(waiter.next_due, started + backoff)
             return
@@ -147,7 +153,13 @@ class RepositoryPoller:
         for batch_found, batch_failures in answers:
             found.update(batch_found)
             failures.update(batch_failures)
-        log.debug("Polled %s: %d tags in %d calls for %d due triggers", self.repository_name, len(tags), len(answers), len(due))
+        log.debug(
+            "Polled %s: %d tags in %d calls for %d due triggers",
+            self.repository_name,
+            len(tags),
+            len(answers),
+            len(due),
+        )
         for waiter in due:
             key = ("tag", waiter.wait.tag)
             try:
@@ -161,7 +173,9 @@ class RepositoryPoller:
                 waiter.next_due = started + waiter.poke_interval
 
     async def _batch(self, tags: list[str]) -> tuple[dict, dict]:
-        return await ecr.fetch_images_async(self.client, self.repository_name, [ecr.ref(tag=t) for t in tags], self.registry_id)
+        return await ecr.fetch_images_async(
+            self.client, self.repository_name, [ecr.ref(tag=t) for t in tags], self.registry_id
+        )
 
 
 def _success(wait: TagWait, check: TagCheck) -> dict[str, Any]:
@@ -225,7 +239,9 @@ async def joined(key: ClientKey, client: Any, wait: TagWait, poke_interval: floa
     poller = state.pollers.get(poller_key)
     if poller is None:
         poller = state.pollers[poller_key] = RepositoryPoller(
-            client, wait.registry_id, wait.repository_name,
+            client,
+            wait.registry_id,
+            wait.repository_name,
             on_empty=lambda: state.pollers.pop(poller_key, None),
         )
     waiter = Waiter(wait, poke_interval, asyncio.get_running_loop().create_future())

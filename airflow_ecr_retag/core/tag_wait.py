@@ -27,7 +27,9 @@ class TagWait:
     registry_id: str | None = None
 
     @classmethod
-    def validated(cls, *, repository_name: Any, tag: Any, expected_digest: Any = None, registry_id: Any = None) -> TagWait:
+    def validated(
+        cls, *, repository_name: Any, tag: Any, expected_digest: Any = None, registry_id: Any = None
+    ) -> TagWait:
         return cls(
             validation.repository_name(repository_name),
             validation.tag(tag),
@@ -53,7 +55,9 @@ def evaluate(wait: TagWait, image: ecr.FetchedImage | None, failure: dict[str, A
             raise EcrPermanentError(code, (failure or {}).get("failureReason", f"tag {wait.tag!r} refused"))
         return TagCheck(False, None, f"tag {wait.tag!r} not in {wait.repository_name} yet ({code})")
     if wait.expected_digest and image.digest != wait.expected_digest:
-        return TagCheck(False, image.digest, f"tag {wait.tag!r} points at {image.digest}, waiting for {wait.expected_digest}")
+        return TagCheck(
+            False, image.digest, f"tag {wait.tag!r} points at {image.digest}, waiting for {wait.expected_digest}"
+        )
     return TagCheck(True, image.digest, f"tag {wait.tag!r} in {wait.repository_name} points at {image.digest}")
 
 

@@ -40,11 +40,13 @@ def _text(field: str, value: Any) -> str:
 
 def repository_name(value: Any, field: str = "repository_name") -> str:
     value = _text(field, value)
-    if not MIN_REPOSITORY_NAME_CHARS <= len(value) <= MAX_REPOSITORY_NAME_CHARS or not REPOSITORY_NAME_RE.fullmatch(value):
+    length_ok = MIN_REPOSITORY_NAME_CHARS <= len(value) <= MAX_REPOSITORY_NAME_CHARS
+    if not length_ok or not REPOSITORY_NAME_RE.fullmatch(value):
         raise InvalidInputError(
             field,
-            f"must be an ECR repository name: {MIN_REPOSITORY_NAME_CHARS}-{MAX_REPOSITORY_NAME_CHARS} characters of lower-case letters, digits and "
-            "'.', '_', '-' separators, with '/' between path components (no leading '/', no '..')",
+            f"must be an ECR repository name: {MIN_REPOSITORY_NAME_CHARS}-{MAX_REPOSITORY_NAME_CHARS} characters "
+            "of lower-case letters, digits and '.', '_', '-' separators, with '/' between path components "
+            "(no leading '/', no '..')",
             value,
         )
     return value
@@ -53,7 +55,9 @@ def repository_name(value: Any, field: str = "repository_name") -> str:
 def tag(value: Any, field: str = "tag") -> str:
     value = _text(field, value)
     if len(value) > MAX_TAG_CHARS:
-        raise InvalidInputError(field, f"ECR tags are 1-{MAX_TAG_CHARS} characters, got {len(value)}", show_value=False, value=None)
+        raise InvalidInputError(
+            field, f"ECR tags are 1-{MAX_TAG_CHARS} characters, got {len(value)}", show_value=False, value=None
+        )
     if not TAG_RE.fullmatch(value):
         raise InvalidInputError(
             field,
@@ -136,4 +140,3 @@ def patterns(value: Any, field: str) -> list[str]:
     if not isinstance(items, (list, tuple)) or not all(isinstance(p, str) and p for p in items):
         raise InvalidInputError(field, "must be a glob pattern or a list of non-empty glob patterns", value)
     return list(items)
-

@@ -103,4 +103,3 @@ class EcrTagHygieneOperator(AwsBaseOperator[EcrHook]):
             names = ", ".join(f"{f['tag']} ({f['code']})" for f in report["failed"])
             raise HygieneFailedError(f"{len(report['failed'])} tag removals failed: {names}; the rest was done")
         return report
-

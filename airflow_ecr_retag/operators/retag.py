@@ -91,7 +91,10 @@ class EcrRetagOperator(AwsBaseOperator[EcrHook]):
                 remove_source_tag=self.remove_source_tag,
             )
             self.log.info(
-                "Promoting %s in %s to %s", request.source_label, request.repository_name, ", ".join(request.target_tags)
+                "Promoting %s in %s to %s",
+                request.source_label,
+                request.repository_name,
+                ", ".join(request.target_tags),
             )
             client = self.hook.conn
             promotion = promote(client, request, region_name=client.meta.region_name, log=self.log)

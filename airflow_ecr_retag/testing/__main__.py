@@ -7,6 +7,7 @@ Prints the endpoint and the environment to reach it, then serves until interrupt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
@@ -18,8 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="serve the ECR double on 127.0.0.1 with a free port")
     serve.add_argument("--region", default="us-east-1")
     serve.add_argument("--repository", action="append", default=[], help="create this repository (repeatable)")
-    serve.add_argument("--seed", action="append", default=[], metavar="REPO:TAG:KIND",
-                       help="push an image of KIND (docker, oci, oci-no-mediatype, oci-index, docker-list)")
+    serve.add_argument(
+        "--seed",
+        action="append",
+        default=[],
+        metavar="REPO:TAG:KIND",
+        help="push an image of KIND (docker, oci, oci-no-mediatype, oci-index, docker-list)",
+    )
     serve.add_argument("--endpoint-file", help="also write the endpoint URL to this file")
     args = parser.parse_args(argv)
 
@@ -44,10 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.endpoint_file:
             with open(args.endpoint_file, "w") as handle:
                 handle.write(ecr.endpoint_url or "")
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
-        except KeyboardInterrupt:
-            pass
     return 0
 
 

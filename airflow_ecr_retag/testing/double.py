@@ -25,19 +25,19 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ecr.models import ecr_backends
 
+from airflow_ecr_retag.testing import store
 from airflow_ecr_retag.testing.images import BuiltImage
 from airflow_ecr_retag.testing.moto_install import installed
 from airflow_ecr_retag.testing.recording import WRITE_OPERATIONS, CallRecording, Fault, RecordedCall, fire_all
 from airflow_ecr_retag.testing.request_rules import EcrError
 from airflow_ecr_retag.testing.server import CONTROL_PREFIX, RemoteEcrDouble, serving
 from airflow_ecr_retag.testing.store import StoredImage
-from airflow_ecr_retag.testing import store
 
 # Importable from here as they always were.
 __all__ = [
@@ -77,7 +77,7 @@ class EcrDouble(CallRecording):
     """
 
     #: Callables given every :class:`RecordedCall` of every double in the process (for suite-wide checks).
-    observers: list[Callable[[RecordedCall], None]] = []
+    observers: ClassVar[list[Callable[[RecordedCall], None]]] = []
 
     def __init__(self, *, server: bool = False, region_name: str = DEFAULT_REGION):
         super().__init__()
@@ -139,27 +139,46 @@ class EcrDouble(CallRecording):
 
     # ------------------------------------------------------------------ state
     def _repository(
-        self, name: str, registry_id: str | None = None, region_name: str | None = None,
+        self,
+        name: str,
+        registry_id: str | None = None,
+        region_name: str | None = None,
         account_id: str = DEFAULT_ACCOUNT_ID,
     ) -> Any:
         backend = ecr_backends[account_id][region_name or self.region_name]
         return backend._get_repository(name, registry_id)
 
     def create_repository(
-        self, name: str, *, mutability: str = "MUTABLE", exclusion_filters: Iterable[str] = (),
-        registry_id: str | None = None, region_name: str | None = None,
+        self,
+        name: str,
+        *,
+        mutability: str = "MUTABLE",
+        exclusion_filters: Iterable[str] = (),
+        registry_id: str | None = None,
+        region_name: str | None = None,
     ) -> None:
         """Create a repository directly (not counted). Exclusion filters are WILDCARD patterns."""
         backend = ecr_backends[DEFAULT_ACCOUNT_ID][region_name or self.region_name]
         filters = [{"filterType": "WILDCARD", "filter": f} for f in exclusion_filters]
         backend.create_repository(
-            repository_name=name, registry_id=registry_id, encryption_config=None, image_scan_config=None,
-            image_tag_mutability=mutability, image_tag_mutability_exclusion_filters=filters or None, tags=[],
+            repository_name=name,
+            registry_id=registry_id,
+            encryption_config=None,
+            image_scan_config=None,
+            image_tag_mutability=mutability,
+            image_tag_mutability_exclusion_filters=filters or None,
+            tags=[],
         )
 
     def push(
-        self, repository_name: str, image: BuiltImage, tags: Iterable[str] = (), *,
-        pushed_at: datetime | float | None = None, registry_id: str | None = None, region_name: str | None = None,
+        self,
+        repository_name: str,
+        image: BuiltImage,
+        tags: Iterable[str] = (),
+        *,
+        pushed_at: datetime | float | None = None,
+        registry_id: str | None = None,
+        region_name: str | None = None,
     ) -> str:
         """Store an image directly, with its blobs and children, as a push would (not counted).
 

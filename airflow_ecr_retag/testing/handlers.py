@@ -142,8 +142,11 @@ class ImageOperationHandlers(ECRResponse):
 def _image_response(repository: Any, image_id: dict, manifest: str, media_type: str) -> dict[str, Any]:
     """An image as PutImage and BatchGetImage return it."""
     return {
-        "registryId": repository.registry_id, "repositoryName": repository.name, "imageId": image_id,
-        "imageManifest": manifest, "imageManifestMediaType": media_type,
+        "registryId": repository.registry_id,
+        "repositoryName": repository.name,
+        "imageId": image_id,
+        "imageManifest": manifest,
+        "imageManifestMediaType": media_type,
     }
 
 

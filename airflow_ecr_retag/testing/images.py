@@ -7,6 +7,7 @@ code that re-serialises JSON changes the bytes and is caught by digest checks.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -58,14 +59,20 @@ def _blob(data: bytes) -> tuple[str, int]:
     return "sha256:" + hashlib.sha256(data).hexdigest(), len(data)
 
 
-def _single(name: str, *, oci: bool, with_media_type: bool = True, platform: str = "linux/amd64", layers: int = 2) -> BuiltImage:
+def _single(
+    name: str, *, oci: bool, with_media_type: bool = True, platform: str = "linux/amd64", layers: int = 2
+) -> BuiltImage:
     os_name, arch = platform.split("/", 1)
     flavour = ("oci" if oci else "docker") + ("" if with_media_type else "-bare")
     layer_blobs = [f"{name}|{flavour}|{platform}|layer-{i}".encode() * 8 for i in range(layers)]
     diff_ids = ["sha256:" + hashlib.sha256(b"diff" + data).hexdigest() for data in layer_blobs]
     config = json.dumps(
-        {"architecture": arch, "os": os_name, "config": {"Labels": {"name": name, "flavour": flavour}},
-         "rootfs": {"type": "layers", "diff_ids": diff_ids}},
+        {
+            "architecture": arch,
+            "os": os_name,
+            "config": {"Labels": {"name": name, "flavour": flavour}},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        },
         sort_keys=True,
     ).encode()
     config_digest, config_size = _blob(config)
@@ -74,7 +81,11 @@ def _single(name: str, *, oci: bool, with_media_type: bool = True, platform: str
         document["mediaType"] = DOCKER_MANIFEST
     elif with_media_type:
         document["mediaType"] = OCI_MANIFEST
-    document["config"] = {"mediaType": OCI_CONFIG if oci else DOCKER_CONFIG, "size": config_size, "digest": config_digest}
+    document["config"] = {
+        "mediaType": OCI_CONFIG if oci else DOCKER_CONFIG,
+        "size": config_size,
+        "digest": config_digest,
+    }
     document["layers"] = []
     blobs = {config_digest: config}
     for data in layer_blobs:
@@ -98,7 +109,7 @@ def _index(name: str, *, oci: bool, platforms: Iterable[str]) -> BuiltImage:
                 "digest": child.digest,
                 "platform": {"architecture": p.split("/", 1)[1], "os": p.split("/", 1)[0]},
             }
-            for child, p in zip(children, platforms)
+            for child, p in zip(children, platforms, strict=True)
         ],
     }
     return BuiltImage(manifest=_dump(document), media_type=media_type, children=children)
@@ -127,7 +138,9 @@ def build_image(kind: str = "oci", name: str = "app", *, platforms: Iterable[str
     raise ValueError(f"kind must be one of {', '.join(IMAGE_KINDS)}, not {kind!r}")
 
 
-def push_image(client: Any, repository_name: str, image: BuiltImage, tags: Iterable[str] = (), *, registry_id: str | None = None) -> str:
+def push_image(
+    client: Any, repository_name: str, image: BuiltImage, tags: Iterable[str] = (), *, registry_id: str | None = None
+) -> str:
     """Push an image through the ECR API, as ``docker push`` would: blobs, children, then tags.
 
     Works against the double (in-process or over HTTP) and against real ECR. Blobs already
@@ -140,23 +153,32 @@ def push_image(client: Any, repository_name: str, image: BuiltImage, tags: Itera
         available = client.batch_check_layer_availability(
             repositoryName=repository_name, layerDigests=list(image.blobs), **registry
         )
-        present = {layer["layerDigest"] for layer in available["layers"] if layer.get("layerAvailability") == "AVAILABLE"}
+        present = {
+            layer["layerDigest"] for layer in available["layers"] if layer.get("layerAvailability") == "AVAILABLE"
+        }
         for digest, data in image.blobs.items():
             if digest in present:
                 continue
             upload = client.initiate_layer_upload(repositoryName=repository_name, **registry)
             client.upload_layer_part(
-                repositoryName=repository_name, uploadId=upload["uploadId"], partFirstByte=0,
-                partLastByte=len(data) - 1, layerPartBlob=data, **registry,
+                repositoryName=repository_name,
+                uploadId=upload["uploadId"],
+                partFirstByte=0,
+                partLastByte=len(data) - 1,
+                layerPartBlob=data,
+                **registry,
             )
             client.complete_layer_upload(
                 repositoryName=repository_name, uploadId=upload["uploadId"], layerDigests=[digest], **registry
             )
-    put = {"repositoryName": repository_name, "imageManifest": image.manifest,
-           "imageManifestMediaType": image.media_type, "imageDigest": image.digest, **registry}
+    put = {
+        "repositoryName": repository_name,
+        "imageManifest": image.manifest,
+        "imageManifestMediaType": image.media_type,
+        "imageDigest": image.digest,
+        **registry,
+    }
     for tag in list(tags) or [None]:
-        try:
+        with contextlib.suppress(client.exceptions.ImageAlreadyExistsException):
             client.put_image(**put, **({"imageTag": tag} if tag else {}))
-        except client.exceptions.ImageAlreadyExistsException:
-            pass
     return image.digest

@@ -24,8 +24,16 @@ if TYPE_CHECKING:
 
 #: Operations that change registry state; read-only callers must make none of these.
 WRITE_OPERATIONS = frozenset(
-    {"PutImage", "BatchDeleteImage", "InitiateLayerUpload", "UploadLayerPart", "CompleteLayerUpload",
-     "CreateRepository", "DeleteRepository", "PutImageTagMutability"}
+    {
+        "PutImage",
+        "BatchDeleteImage",
+        "InitiateLayerUpload",
+        "UploadLayerPart",
+        "CompleteLayerUpload",
+        "CreateRepository",
+        "DeleteRepository",
+        "PutImageTagMutability",
+    }
 )
 
 #: An injected error as moto's ``call_action`` returns a response: status, headers, body.

@@ -128,7 +128,8 @@ def find_image(store: RepoImages, image_id: dict) -> tuple[StoredImage | None, d
             return None, failure(image_id, "ImageNotFound", "Requested image not found")
         if by_tag is not by_digest:
             return None, failure(
-                image_id, "ImageTagDoesNotMatchDigest",
+                image_id,
+                "ImageTagDoesNotMatchDigest",
                 "Invalid request parameters: given tag does not map to the given digest",
             )
         return by_tag, None
@@ -145,12 +146,14 @@ def _malformed_id_failure(image_id: dict, tag: str | None, digest: str | None) -
         )
     if digest is not None and not _DIGEST_RE.match(digest):
         return failure(
-            image_id, "InvalidImageDigest",
+            image_id,
+            "InvalidImageDigest",
             "Invalid request parameters: image digest should satisfy the regex '[a-zA-Z0-9-_+.]+:[a-fA-F0-9]+'",
         )
     if tag is not None and not _TAG_RE.match(tag):
         return failure(
-            image_id, "InvalidImageTag",
+            image_id,
+            "InvalidImageTag",
             "Invalid request parameters: image tag should satisfy the regex '[a-zA-Z0-9-_.]+'",
         )
     return None
@@ -287,7 +290,8 @@ def tag_is_immutable(repository: Any, tag: Any) -> bool:
     """Whether the repository's tag mutability, with its WILDCARD exclusion filters, freezes ``tag``."""
     mode = str(getattr(repository.image_tag_mutability, "value", repository.image_tag_mutability))
     filters = [
-        f["filter"] for f in (repository.image_tag_mutability_exclusion_filters or [])
+        f["filter"]
+        for f in (repository.image_tag_mutability_exclusion_filters or [])
         if f.get("filterType", "WILDCARD") == "WILDCARD"
     ]
     excluded = any(_wildcard(f).match(tag) for f in filters)

@@ -49,13 +49,17 @@ def _create_repository(double: EcrDouble, body: dict[str, Any]) -> Any:
 
 
 def _seed(double: EcrDouble, body: dict[str, Any]) -> Any:
-    return {"digests": [
-        double.push(
-            body["repository"], build_image(i.get("kind", "oci"), i["name"]), i.get("tags", []),
-            pushed_at=i.get("pushed_at"),
-        )
-        for i in body["images"]
-    ]}
+    return {
+        "digests": [
+            double.push(
+                body["repository"],
+                build_image(i.get("kind", "oci"), i["name"]),
+                i.get("tags", []),
+                pushed_at=i.get("pushed_at"),
+            )
+            for i in body["images"]
+        ]
+    }
 
 
 def _move_tags(double: EcrDouble, body: dict[str, Any]) -> Any:
@@ -81,7 +85,7 @@ _CONTROL_ACTIONS: dict[str, Callable[[EcrDouble, dict[str, Any]], Any]] = {
 
 def _control(double: EcrDouble, environ: dict, start_response: Any) -> list[bytes]:
     """The double's control API, for tests and benchmarks in other processes (see :class:`RemoteEcrDouble`)."""
-    action = environ["PATH_INFO"][len(CONTROL_PREFIX):]
+    action = environ["PATH_INFO"][len(CONTROL_PREFIX) :]
     length = int(environ.get("CONTENT_LENGTH") or 0)
     body = json.loads(environ["wsgi.input"].read(length) or b"{}") if length else {}
     perform = _CONTROL_ACTIONS.get(action)
@@ -112,8 +116,10 @@ class RemoteEcrDouble:
         import urllib.request
 
         request = urllib.request.Request(
-            f"{self.endpoint_url}{CONTROL_PREFIX}{action}", data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"}, method="POST",
+            f"{self.endpoint_url}{CONTROL_PREFIX}{action}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
         )
         with urllib.request.urlopen(request, timeout=600) as response:
             return json.loads(response.read())

@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow_ecr_retag.core.manifests import INDEX_MEDIA_TYPES, manifest_digest
@@ -139,7 +139,7 @@ def describe(repository: Any, image: StoredImage) -> dict[str, Any]:
         "repositoryName": repository.name,
         "imageDigest": image.digest,
         "imageSizeInBytes": image.size,
-        "imagePushedAt": datetime.fromtimestamp(image.pushed_at, tz=timezone.utc),
+        "imagePushedAt": datetime.fromtimestamp(image.pushed_at, tz=UTC),
         "imageManifestMediaType": image.media_type,
         "imageStatus": "ACTIVE",
     }

@@ -90,18 +90,26 @@ class EcrTagTrigger(BaseTrigger):
         return TagWait(self.repository_name, self.tag, self.expected_digest, self.registry_id)
 
     def hook(self) -> EcrHook:
-        return EcrHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify, config=self.botocore_config)
+        return EcrHook(
+            aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify, config=self.botocore_config
+        )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         wait = self.wait
         key = ClientKey.of(self.aws_conn_id, self.region_name, self.verify, self.botocore_config)
         try:
-            async with shared_client(key, self.hook().get_async_conn) as client, joined(key, client, wait, self.poke_interval) as waiter:
+            async with (
+                shared_client(key, self.hook().get_async_conn) as client,
+                joined(key, client, wait, self.poke_interval) as waiter,
+            ):
                 remaining = None if self.timeout_at is None else max(0.0, self.timeout_at - time.time())
                 try:
                     event = await asyncio.wait_for(asyncio.shield(waiter.outcome), remaining)
-                except asyncio.TimeoutError:
-                    event = {"status": "timeout", "message": f"tag {self.tag!r} in {self.repository_name} did not appear in time"}
+                except TimeoutError:
+                    event = {
+                        "status": "timeout",
+                        "message": f"tag {self.tag!r} in {self.repository_name} did not appear in time",
+                    }
         except Exception as error:
             event = {"status": "error", "code": error_code(error) or type(error).__name__, "message": str(error)}
         if event["status"] == "success":
