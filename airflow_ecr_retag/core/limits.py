@@ -19,3 +19,24 @@ DEFAULT_MAX_RESULTS = 100
 #: A repository name's length in characters.
 MIN_REPOSITORY_NAME_CHARS = 2
 MAX_REPOSITORY_NAME_CHARS = 256
+
+# Layer transfer (BatchCheckLayerAvailability ... CompleteLayerUpload) and referrers.
+#: Layer digests per BatchCheckLayerAvailability and CompleteLayerUpload call.
+MAX_LAYER_DIGESTS = 100
+#: UploadLayerPart ``layerPartBlob``: the API's limit in bytes (the botocore model) ...
+MAX_LAYER_PART_API_BYTES = 20_971_520
+#: ... and the quotas page's part sizes: every part but the last at least the minimum
+#: (LayerPartTooSmallException), none over the maximum (also InitiateLayerUpload's ``partSize``).
+MIN_LAYER_PART_BYTES = 5 * 1024 * 1024
+MAX_LAYER_PART_BYTES = 10 * 1024 * 1024
+#: Layer parts per upload (quotas page).
+MAX_LAYER_PARTS = 4_200
+#: ListImageReferrers ``maxResults``: 1 to this; 20 when it is not given; ...
+MAX_REFERRERS_RESULTS = 50
+DEFAULT_REFERRERS_RESULTS = 20
+#: ... and at most this many ``filter.artifactTypes``.
+MAX_REFERRER_ARTIFACT_TYPES = 5
+#: GetAuthorizationToken: a registry token is valid this long (12 hours).
+AUTHORIZATION_TOKEN_SECONDS = 12 * 60 * 60
+#: GetAuthorizationToken ``registryIds``: 1 to this.
+MAX_AUTHORIZATION_REGISTRY_IDS = 10

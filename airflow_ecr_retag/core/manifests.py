@@ -31,6 +31,13 @@ DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+#: Uncompressed layers (OCI and Docker).
+OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
+
+#: OCI 1.1 artifacts: the empty config descriptor's media type and its one blob, ``{}``.
+OCI_EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
+OCI_EMPTY_BLOB = b"{}"
 
 
 def manifest_digest(manifest: str) -> str:

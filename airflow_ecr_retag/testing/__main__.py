@@ -1,7 +1,7 @@
 """``python -m airflow_ecr_retag.testing serve``: run the ECR double as a local server.
 
-Prints the endpoint and the environment to reach it, then serves until interrupted
-(Ctrl-C or SIGTERM). ``--endpoint-file`` also writes the endpoint to a file, for scripts.
+Prints the endpoint, the default registry's ``/v2/`` address and the environment to reach it,
+then serves until interrupted (Ctrl-C or SIGTERM). ``--endpoint-file`` also writes the endpoint to a file, for scripts.
 """
 
 from __future__ import annotations
@@ -43,13 +43,16 @@ def main(argv: list[str] | None = None) -> int:
                 ecr.create_repository(repo)
                 args.repository.append(repo)
             print(f"seeded {repo}:{tag} {ecr.push(repo, build_image(kind, name=f'{repo}-{tag}'), tags=[tag])}")
-        print(f"ECR double listening on {ecr.endpoint_url}")
-        for name, value in ecr.environ().items():
-            print(f"export {name}={value}")
-        sys.stdout.flush()
+        # Written before anything is printed: a reader of the output may look for it at once.
         if args.endpoint_file:
             with open(args.endpoint_file, "w") as handle:
                 handle.write(ecr.endpoint_url or "")
+        print(f"ECR double listening on {ecr.endpoint_url}")
+        registry = ecr.registry()
+        print(f"OCI registry (/v2/) of {registry.account} in {registry.region}: {ecr.registry_endpoint()}")
+        for name, value in ecr.environ().items():
+            print(f"export {name}={value}")
+        sys.stdout.flush()
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
     return 0

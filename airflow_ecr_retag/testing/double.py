@@ -22,22 +22,33 @@ here and where plain moto differs; each has a pinning test in ``tests/test_doubl
 from __future__ import annotations
 
 import contextlib
+import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, ClassVar
 
 from moto import mock_aws
-from moto.core import DEFAULT_ACCOUNT_ID
-from moto.ecr.models import ecr_backends
 
-from airflow_ecr_retag.testing import store
+from airflow_ecr_retag.testing import blob_urls, registries, registry_auth, store
+from airflow_ecr_retag.testing.blob_store import Blob, BlobStore, BytesBlob, read_all
 from airflow_ecr_retag.testing.images import BuiltImage
 from airflow_ecr_retag.testing.moto_install import installed
-from airflow_ecr_retag.testing.recording import WRITE_OPERATIONS, CallRecording, Fault, RecordedCall, fire_all
+from airflow_ecr_retag.testing.recording import (
+    WRITE_OPERATIONS,
+    CallRecording,
+    Fault,
+    RecordedCall,
+    ecr_fault_response,
+    first_fault,
+)
+from airflow_ecr_retag.testing.registries import ACCOUNT_SETTINGS, CALLER_ACCOUNT, Registry
+from airflow_ecr_retag.testing.registry_listeners import Listeners
 from airflow_ecr_retag.testing.request_rules import EcrError
 from airflow_ecr_retag.testing.server import CONTROL_PREFIX, RemoteEcrDouble, serving
 from airflow_ecr_retag.testing.store import StoredImage
+from airflow_ecr_retag.testing.upload_sessions import UploadSessions
 
 # Importable from here as they always were.
 __all__ = [
@@ -53,6 +64,9 @@ __all__ = [
 ]
 
 DEFAULT_REGION = "us-east-1"
+#: How long a GetDownloadUrlForLayer URL stays valid by default. ECR documents no lifetime (on a
+#: 403, ask again); an hour is what the double chooses.
+DEFAULT_DOWNLOAD_URL_SECONDS = 3600
 
 
 class EcrDouble(CallRecording):
@@ -84,6 +98,17 @@ class EcrDouble(CallRecording):
         self.region_name = region_name
         self.serve = server
         self.endpoint_url: str | None = None
+        #: The double's clock, for the expiry of blob URLs and registry passwords: replace it
+        #: (``ecr.clock = lambda: time.time() + 7200``) to test what happens after one expires.
+        self.clock: Callable[[], float] = time.time
+        #: How long a presigned blob URL is valid, in seconds.
+        self.download_url_seconds = DEFAULT_DOWNLOAD_URL_SECONDS
+        #: Signs blob URLs and registry passwords; a new one per double.
+        self.url_secret = secrets.token_bytes(32)
+        #: Every blob's bytes, by digest, and the uploads in progress (shared by both APIs).
+        self.blobs = BlobStore()
+        self.uploads = UploadSessions(self.blobs)
+        self.listeners = Listeners(self)
         # Guards the store as well as the counter: requests arrive on the server's threads.
         self._lock = threading.RLock()
         self._stack: contextlib.ExitStack | None = None
@@ -103,19 +128,27 @@ class EcrDouble(CallRecording):
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
+        self.listeners.close()
         if self._stack is not None:
             self._stack.close()
         self._stack = None
         self.endpoint_url = None
+        self.blobs.close()
 
     def _on_request(self, operation: str, params: dict[str, Any], user_agent: str, endpoint_url: str) -> Any:
         """Every ECR request, before moto dispatches it: counted, logged, shown to the observers,
         then failed or preceded by an action if an injection is due. Returns the injected error
         response, or None to let the request through."""
+        fault = self.on_http_request(operation, params, user_agent)
+        return ecr_fault_response(fault, endpoint_url) if fault is not None else None
+
+    def on_http_request(self, operation: str, params: dict[str, Any], user_agent: str) -> Fault | None:
+        """Every request of any protocol (ECR, ``/v2/``, blob URLs): counted, logged, shown to the
+        observers, then preceded by the actions due; returns the fault it must fail with, if any."""
         recorded, due = self._record(operation, params, user_agent)
         for observer in EcrDouble.observers:
             observer(recorded)
-        return fire_all(due, self, endpoint_url)
+        return first_fault(due, self)
 
     # ------------------------------------------------------------------ clients
     def client(self, region_name: str | None = None, **kwargs: Any) -> Any:
@@ -137,16 +170,39 @@ class EcrDouble(CallRecording):
             "AWS_DEFAULT_REGION": self.region_name,
         }
 
+    # ------------------------------------------------------------------ registries
+    def registry(self, registry_id: str | None = None, region_name: str | None = None) -> Registry:
+        """An account's registry in a Region (the caller's own account and the double's Region by default)."""
+        return Registry(registry_id or CALLER_ACCOUNT, region_name or self.region_name)
+
+    def registry_endpoint(self, *, registry_id: str | None = None, region_name: str | None = None) -> str:
+        """The ``http://127.0.0.1:<port>`` address of a registry's OCI ``/v2/`` API (its listener
+        starts now if it has not yet), what GetAuthorizationToken's ``proxyEndpoint`` gives."""
+        return self.listeners.registry_endpoint(self.registry(registry_id, region_name))
+
+    def registry_credentials(self, *, region_name: str | None = None) -> tuple[str, str]:
+        """The user name and password for the ``/v2/`` registries of a Region, as
+        ``aws ecr get-login-password`` gives them (``skopeo --creds AWS:<password>``)."""
+        return registry_auth.REGISTRY_USER, registry_auth.registry_password(self, region_name or self.region_name)
+
+    def download_url(self, registry: Registry, repository_name: str, digest: str) -> str:
+        """A presigned-style URL of a blob on the blob listener (as GetDownloadUrlForLayer returns)."""
+        path = blob_urls.blob_path(registry.account, registry.region, repository_name, digest)
+        return blob_urls.presign(self, self.listeners.blob_endpoint(), path)
+
+    def set_account_setting(
+        self, name: str, value: str, *, registry_id: str | None = None, region_name: str | None = None
+    ) -> None:
+        """Set an account setting directly (``BLOB_MOUNTING`` to ``ENABLED``), as PutAccountSetting would
+        (not counted)."""
+        if value not in ACCOUNT_SETTINGS[name][1]:
+            raise ValueError(f"{name} takes one of {sorted(ACCOUNT_SETTINGS[name][1])}, not {value!r}")
+        with self._lock:
+            registries.set_account_setting(self.registry(registry_id, region_name), name, value)
+
     # ------------------------------------------------------------------ state
-    def _repository(
-        self,
-        name: str,
-        registry_id: str | None = None,
-        region_name: str | None = None,
-        account_id: str = DEFAULT_ACCOUNT_ID,
-    ) -> Any:
-        backend = ecr_backends[account_id][region_name or self.region_name]
-        return backend._get_repository(name, registry_id)
+    def _repository(self, name: str, registry_id: str | None = None, region_name: str | None = None) -> Any:
+        return self.registry(registry_id, region_name).repository(name)
 
     def create_repository(
         self,
@@ -157,12 +213,14 @@ class EcrDouble(CallRecording):
         registry_id: str | None = None,
         region_name: str | None = None,
     ) -> None:
-        """Create a repository directly (not counted). Exclusion filters are WILDCARD patterns."""
-        backend = ecr_backends[DEFAULT_ACCOUNT_ID][region_name or self.region_name]
+        """Create a repository directly (not counted), in the ``registry_id`` account's registry of
+        ``region_name`` (the caller's account and the double's Region by default). Exclusion
+        filters are WILDCARD patterns."""
+        registry = self.registry(registry_id, region_name)
         filters = [{"filterType": "WILDCARD", "filter": f} for f in exclusion_filters]
-        backend.create_repository(
+        registry.backend.create_repository(
             repository_name=name,
-            registry_id=registry_id,
+            registry_id=registry.account,
             encryption_config=None,
             image_scan_config=None,
             image_tag_mutability=mutability,
@@ -191,11 +249,31 @@ class EcrDouble(CallRecording):
         with self._lock:
             for child in image.children:
                 self.push(repository_name, child, pushed_at=pushed_at, registry_id=registry_id, region_name=region_name)
-            store.record_blobs(repository, image.blobs)
+            for blob in image.blobs.values():
+                store.record_blob(repository, self.blobs.add(blob))
             stored = store.store_image(repository, image.manifest, image.media_type, pushed_at)
             for tag in tags:
                 store.move_tag(repository, stored, tag)
         return stored.digest
+
+    def put_blob(self, repository_name: str, content: bytes | Blob, **where: Any) -> str:
+        """Put a blob into a repository directly, as a finished upload would (not counted); returns its digest."""
+        blob = BytesBlob(content) if isinstance(content, bytes) else content
+        with self._lock:
+            store.record_blob(self._repository(repository_name, **where), self.blobs.add(blob))
+        return blob.digest
+
+    def blobs_of(self, repository_name: str, **where: Any) -> dict[str, int]:
+        """The blobs a repository has, digest -> size (a snapshot)."""
+        with self._lock:
+            return dict(self._repository(repository_name, **where).layers)
+
+    def blob_bytes(self, digest: str) -> bytes:
+        """A stored blob's whole content (for small blobs; ``ecr.blobs.get(digest).chunks()`` streams)."""
+        blob = self.blobs.get(digest)
+        if blob is None:
+            raise KeyError(digest)
+        return read_all(blob)
 
     def images(self, repository_name: str, **where: Any) -> dict[str, StoredImage]:
         """The repository's images by digest (a snapshot)."""

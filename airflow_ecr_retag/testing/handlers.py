@@ -58,30 +58,14 @@ class ImageOperationHandlers(ECRResponse):
         return repository, images
 
     def put_image(self) -> ActionResult:
-        """PutImage: the parameters, then the manifest itself, then what it references, then the
-        tag, in ECR's order; only then is anything stored."""
+        """PutImage: see :func:`put_image`."""
         repository = self._repo()
         manifest: str = self._get_param("imageManifest")
         tag = self._get_param("imageTag")
-        if tag is not None:
-            rules.check_tag(tag, "imageTag")
-        document = rules.parse_manifest(manifest)
-        media_type = rules.resolve_media_type(document, self._get_param("imageManifestMediaType"))
-        digest = rules.check_digest(manifest, self._get_param("imageDigest"))
-        with self.double._lock:
-            store = images_of(repository)
-            if media_type in INDEX_MEDIA_TYPES:
-                rules.check_children_present(store, document)
-            else:
-                rules.check_layers_present(repository, document)
-            holder = store.by_tag.get(tag) if tag is not None else None
-            rules.check_tag_overwritable(repository, tag, holder)
-            rules.check_not_already_pushed(repository, digest, tag, store.by_digest.get(digest), holder)
-            image = store_image(repository, manifest, media_type, None)
-            if tag is not None:
-                move_tag(repository, image, tag)
-        image_id = {"imageDigest": digest, **({"imageTag": tag} if tag is not None else {})}
-        return ActionResult({"image": _image_response(repository, image_id, manifest, media_type)})
+        media_type = self._get_param("imageManifestMediaType")
+        image = put_image(self.double, repository, manifest, media_type, tag, self._get_param("imageDigest"))
+        image_id = {"imageDigest": image.digest, **({"imageTag": tag} if tag is not None else {})}
+        return ActionResult({"image": _image_response(repository, image_id, manifest, image.media_type)})
 
     def batch_get_image(self) -> ActionResult:
         """BatchGetImage: each image id answered on its own, translated to an accepted media type."""
@@ -139,6 +123,32 @@ class ImageOperationHandlers(ECRResponse):
         return ActionResult({"imageIds": page, **({"nextToken": token} if token else {})})
 
 
+def put_image(
+    double: EcrDouble, repository: Any, manifest: str, declared_type: str | None, tag: str | None, digest: str | None
+) -> StoredImage:
+    """Store a manifest (and move ``tag`` to it) as PutImage does, for the ECR API and ``/v2/`` alike:
+    the parameters, then the manifest itself, then what it references, then the tag, in ECR's
+    order; only then is anything stored. Raises :class:`EcrError` with ECR's code."""
+    if tag is not None:
+        rules.check_tag(tag, "imageTag")
+    document = rules.parse_manifest(manifest)
+    media_type = rules.resolve_media_type(document, declared_type)
+    digest = rules.check_digest(manifest, digest)
+    with double._lock:
+        store = images_of(repository)
+        if media_type in INDEX_MEDIA_TYPES:
+            rules.check_children_present(store, document)
+        else:
+            rules.check_layers_present(repository, document)
+        holder = store.by_tag.get(tag) if tag is not None else None
+        rules.check_tag_overwritable(repository, tag, holder)
+        rules.check_not_already_pushed(repository, digest, tag, store.by_digest.get(digest), holder)
+        image = store_image(repository, manifest, media_type, None)
+        if tag is not None:
+            move_tag(repository, image, tag)
+    return image
+
+
 def _image_response(repository: Any, image_id: dict, manifest: str, media_type: str) -> dict[str, Any]:
     """An image as PutImage and BatchGetImage return it."""
     return {
@@ -158,7 +168,7 @@ def _fetched(
     if failure:
         return None, failure
     assert image is not None
-    served = rules.manifest_as_accepted(image, accepted)
+    served = rules.manifest_as_accepted(image, accepted, by_digest="imageDigest" in image_id)
     if served is None:
         reason = f"Requested image's manifest media type '{image.media_type}' is not in acceptedMediaTypes"
         return None, rules.failure(image_id, "ImageNotFound", reason)

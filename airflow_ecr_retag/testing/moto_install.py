@@ -1,8 +1,10 @@
 """Installing a double into moto: while it is active, moto's ``ECRResponse`` serves through it.
 
-moto has no hook for replacing an operation, so the double patches the class: every function
-:class:`~airflow_ecr_retag.testing.handlers.ImageOperationHandlers` defines, the active double,
-and a ``call_action`` that counts, logs and injects before moto dispatches. Patching the class
+moto has no hook for replacing an operation, so the double patches the class: every function and
+property that the classes of :data:`HANDLER_CLASSES` define, the active double, and a
+``call_action`` that counts, logs and injects before moto dispatches. A new ECR operation is a
+method named as moto names it (``list_image_referrers``) on one of those classes, or on a new
+``ECRResponse`` subclass added to :data:`HANDLER_CLASSES`. Patching the class
 (not an instance) is what reaches both in-process clients and the HTTP server, which build a
 new ``ECRResponse`` per request. One double at a time: the patch is process-wide.
 """
@@ -19,9 +21,22 @@ from typing import TYPE_CHECKING, Any
 from moto.ecr.responses import ECRResponse
 
 from airflow_ecr_retag.testing.handlers import ImageOperationHandlers
+from airflow_ecr_retag.testing.layer_transfer import LayerTransferHandlers
+from airflow_ecr_retag.testing.referrers import ReferrerHandlers
+from airflow_ecr_retag.testing.registries import RegistryHandlers
+from airflow_ecr_retag.testing.registry_auth import AuthorizationHandlers
 
 if TYPE_CHECKING:
     from airflow_ecr_retag.testing.double import EcrDouble
+
+#: The classes whose functions and properties replace or add to moto's ``ECRResponse``.
+HANDLER_CLASSES: tuple[type[ECRResponse], ...] = (
+    RegistryHandlers,
+    ImageOperationHandlers,
+    LayerTransferHandlers,
+    ReferrerHandlers,
+    AuthorizationHandlers,
+)
 
 _install_lock = threading.Lock()
 # Marks an attribute ECRResponse did not have itself: restoring it means deleting it.
@@ -58,7 +73,10 @@ def _patches(double: EcrDouble, original_call_action: Callable[[ECRResponse], An
         return injected if injected is not None else original_call_action(handler)
 
     handler_functions = {
-        name: value for name, value in vars(ImageOperationHandlers).items() if inspect.isfunction(value)
+        name: value
+        for handlers in HANDLER_CLASSES
+        for name, value in vars(handlers).items()
+        if inspect.isfunction(value) or isinstance(value, property)
     }
     return {**handler_functions, "double": double, "call_action": call_action, "_double_installed": True}
 

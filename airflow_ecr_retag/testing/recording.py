@@ -33,6 +33,14 @@ WRITE_OPERATIONS = frozenset(
         "CreateRepository",
         "DeleteRepository",
         "PutImageTagMutability",
+        "PutAccountSetting",
+        # The OCI distribution API (see distribution_api.OPERATIONS).
+        "V2PutManifest",
+        "V2DeleteManifest",
+        "V2StartUpload",
+        "V2PatchUpload",
+        "V2FinishUpload",
+        "V2CancelUpload",
     }
 )
 
@@ -98,26 +106,32 @@ class Injection:
         self.fired += 1
         return True
 
-    def fire(self, double: EcrDouble, endpoint_url: str) -> FaultResponse | None:
-        """Run the action, or fail the call: the error response to send, or ``ConnectionClosedError``
-        for a dropped connection (the server shuts the socket on it)."""
+    def fire(self, double: EcrDouble) -> Fault | None:
+        """Run the action (None), or name the fault the call fails with: each protocol renders it
+        its own way (:func:`ecr_fault_response`; ``/v2/`` and the blob URLs have theirs)."""
         if callable(self.action) and not isinstance(self.action, Fault):
             self.action(double)
             return None
-        if self.action is Fault.DROPPED_CONNECTION:
-            raise ConnectionClosedError(endpoint_url=endpoint_url)
-        status, code, message = _FAULT_ERRORS[self.action]
-        body = json.dumps({"__type": code, "message": message})
-        return status, {"status": status, "Content-Type": "application/x-amz-json-1.1", "x-amzn-ErrorType": code}, body
+        return self.action
 
 
-def fire_all(due: list[Injection], double: EcrDouble, endpoint_url: str) -> FaultResponse | None:
-    """Fire the injections due for one call in order; the first failure ends the call."""
+def first_fault(due: list[Injection], double: EcrDouble) -> Fault | None:
+    """Fire the injections due for one call in order; the first fault ends the call."""
     for injection in due:
-        response = injection.fire(double, endpoint_url)
-        if response is not None:
-            return response
+        fault = injection.fire(double)
+        if fault is not None:
+            return fault
     return None
+
+
+def ecr_fault_response(fault: Fault, endpoint_url: str) -> FaultResponse:
+    """A fault as the ECR API answers it, or ``ConnectionClosedError`` for a dropped connection
+    (the server shuts the socket on it)."""
+    if fault is Fault.DROPPED_CONNECTION:
+        raise ConnectionClosedError(endpoint_url=endpoint_url)
+    status, code, message = _FAULT_ERRORS[fault]
+    body = json.dumps({"__type": code, "message": message})
+    return status, {"status": status, "Content-Type": "application/x-amz-json-1.1", "x-amzn-ErrorType": code}, body
 
 
 class CallRecording:

@@ -63,6 +63,16 @@ def _too_long(where: str, limit: int) -> EcrError:
     )
 
 
+def is_image_digest(digest: str) -> bool:
+    """Whether ``digest`` has the shape of an image digest (the botocore model's pattern)."""
+    return bool(_DIGEST_RE.match(digest))
+
+
+def is_image_tag(tag: str) -> bool:
+    """Whether ``tag`` is a tag ECR accepts: a word character, then up to MAX_TAG_CHARS - 1 more."""
+    return bool(_TAG_RE.match(tag))
+
+
 def failure(image_id: dict, code: str, reason: str) -> dict:
     """One entry of a batch response's ``failures``: batch calls report per image, not raise."""
     return {"imageId": dict(image_id), "failureCode": code, "failureReason": reason}
@@ -86,18 +96,21 @@ def check_id_count(image_ids: list | None, where: str = "imageIds") -> list:
     return image_ids
 
 
-def paginate(items: list, max_results: Any, next_token: Any) -> tuple[list, str | None]:
-    """One page of ``items`` and the token for the next (None on the last page).
+def paginate(
+    items: list, max_results: Any, next_token: Any, *, limit: int = MAX_RESULTS, default: int = DEFAULT_MAX_RESULTS
+) -> tuple[list, str | None]:
+    """One page of ``items`` and the token for the next (None on the last page); ``maxResults``
+    is 1 to ``limit``, ``default`` when not given.
 
     The token is opaque to callers, as ECR's is; the double's encodes the offset.
     """
     if max_results is None:
-        max_results = DEFAULT_MAX_RESULTS
-    if not isinstance(max_results, int) or not 1 <= max_results <= MAX_RESULTS:
+        max_results = default
+    if not isinstance(max_results, int) or not 1 <= max_results <= limit:
         raise EcrError(
             "InvalidParameterException",
             "Invalid parameter at 'maxResults' failed to satisfy constraint: "
-            f"'Member must have value less than or equal to {MAX_RESULTS}'",
+            f"'Member must have value less than or equal to {limit}'",
         )
     start = 0
     if next_token:
@@ -170,16 +183,21 @@ def image_not_found(repository: Any, image_id: dict) -> EcrError:
 
 
 # ---------------------------------------------------------------------- BatchGetImage
-def manifest_as_accepted(image: StoredImage, accepted: Sequence[str]) -> tuple[str, str] | None:
-    """The manifest and media type served for ``acceptedMediaTypes``, or None when ECR refuses.
+def manifest_as_accepted(
+    image: StoredImage, accepted: Sequence[str], *, by_digest: bool = False
+) -> tuple[str, str] | None:
+    """The manifest and media type served for the accepted media types (BatchGetImage's
+    ``acceptedMediaTypes``, ``/v2/``'s ``Accept``), or None when ECR refuses.
 
-    A stored type that is not accepted is translated Docker <-> OCI if the other one is
-    accepted: new bytes, so a new digest. Indexes are never translated.
+    Pulled by tag, a stored type that is not accepted is translated Docker <-> OCI if the other
+    one is accepted: new bytes, so a new digest. Indexes are never translated, and neither is an
+    image pulled by digest ("If you pull an image by digest, there is no translation available",
+    the user guide's "Container image manifest format support").
     """
     if image.media_type in accepted:
         return image.manifest, image.media_type
     target = _TRANSLATION.get(image.media_type, (None,))[0]
-    if target not in accepted:
+    if by_digest or target not in accepted:
         return None
     return _translate(image)
 

@@ -157,15 +157,24 @@ def _application(double: EcrDouble) -> Callable[[dict, Any], Any]:
     # serves; moto's docs describe only ThreadedMotoServer, so a moto upgrade past 5.2 is checked here.
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-    moto_app = DomainDispatcherApplication(create_backend_app)
+    moto_app = dropping_connections(DomainDispatcherApplication(create_backend_app))
 
     def application(environ: dict, start_response: Any) -> Any:
         if environ.get("PATH_INFO", "").startswith(CONTROL_PREFIX):
             return _control(double, environ, start_response)
+        return moto_app(environ, start_response)
+
+    return application
+
+
+def dropping_connections(app: Callable[[dict, Any], Any]) -> Callable[[dict, Any], Any]:
+    """``app``, where a ``ConnectionClosedError`` (Fault.DROPPED_CONNECTION) closes the client's
+    connection with no response, as a network failure would."""
+
+    def application(environ: dict, start_response: Any) -> Any:
         try:
-            return moto_app(environ, start_response)
+            return app(environ, start_response)
         except ConnectionClosedError:
-            # Fault.DROPPED_CONNECTION: the client must see the connection closed, with no response.
             sock = environ.get("werkzeug.socket")
             if sock is not None:
                 with contextlib.suppress(OSError):
@@ -176,11 +185,14 @@ def _application(double: EcrDouble) -> Callable[[dict, Any], Any]:
 
 
 @functools.cache
-def _quiet_request_handler() -> type:
-    """moto's request handler (it keeps header names moto needs), minus werkzeug's logging."""
-    from moto.moto_server.werkzeug_app import MotoRequestHandler
+def _quiet_request_handler(for_moto: bool) -> type:
+    """werkzeug's request handler minus its logging; for moto, moto's (it keeps header names moto needs)."""
+    if for_moto:
+        from moto.moto_server.werkzeug_app import MotoRequestHandler as base
+    else:
+        from werkzeug.serving import WSGIRequestHandler as base
 
-    class QuietMotoRequestHandler(MotoRequestHandler):
+    class QuietRequestHandler(base):  # type: ignore[valid-type,misc]
         def log_request(self, *args: Any, **kwargs: Any) -> None:
             pass
 
@@ -193,26 +205,37 @@ def _quiet_request_handler() -> type:
         def log_error(self, *args: Any) -> None:
             pass
 
-    return QuietMotoRequestHandler
+    return QuietRequestHandler
+
+
+class RunningServer:
+    """A werkzeug server on 127.0.0.1 with a free port, serving from its own thread."""
+
+    def __init__(self, app: Callable[[dict, Any], Any], name: str, *, for_moto: bool = False):
+        from werkzeug.serving import make_server
+
+        # Bound and listening on return, so clients may connect before the thread runs (and a bind
+        # error is raised here, where ThreadedMotoServer.start would have waited forever).
+        self._server = make_server(_HOST, 0, app, threaded=True, request_handler=_quiet_request_handler(for_moto))
+        # A dropped connection is deliberate: keep werkzeug from printing it as an error.
+        self._server.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        self._thread = threading.Thread(target=self._server.serve_forever, name=name, daemon=True)
+        self._thread.start()
+        host, port = self._server.server_address[:2]
+        self.url = f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._thread.join()
+        # Close the listening socket too, so the port is free and late clients are refused.
+        self._server.server_close()
 
 
 @contextlib.contextmanager
 def serving(double: EcrDouble) -> Iterator[str]:
     """Serve moto on 127.0.0.1 with a free port, dropping connections on request; yields the endpoint."""
-    from werkzeug.serving import make_server
-
-    # Bound and listening on return, so clients may connect before the thread runs (and a bind
-    # error is raised here, where ThreadedMotoServer.start would have waited forever).
-    server = make_server(_HOST, 0, _application(double), threaded=True, request_handler=_quiet_request_handler())
-    # A dropped connection is deliberate: keep werkzeug from printing it as an error.
-    server.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
-    thread = threading.Thread(target=server.serve_forever, name="ecr-double-server", daemon=True)
-    thread.start()
-    host, port = server.server_address[:2]
+    server = RunningServer(_application(double), "ecr-double-server", for_moto=True)
     try:
-        yield f"http://{host}:{port}"
+        yield server.url
     finally:
-        server.shutdown()
-        thread.join()
-        # Close the listening socket too, so the port is free and late clients are refused.
-        server.server_close()
+        server.stop()

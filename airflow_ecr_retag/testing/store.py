@@ -11,14 +11,17 @@ a change, so a request and a direct seed never see half an update.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_ecr_retag.core.manifests import INDEX_MEDIA_TYPES, manifest_digest
+
+if TYPE_CHECKING:
+    from airflow_ecr_retag.testing.blob_store import Blob
 
 
 @dataclass
@@ -39,18 +42,34 @@ class StoredImage:
     def get_image_digest(self) -> str:
         return self.digest
 
+    @functools.cached_property
+    def document(self) -> dict[str, Any]:
+        """The manifest, parsed (once: the manifest never changes)."""
+        return json.loads(self.manifest)
+
     @property
     def children(self) -> list[str]:
         if self.media_type not in INDEX_MEDIA_TYPES:
             return []
-        return [entry["digest"] for entry in json.loads(self.manifest).get("manifests", [])]
+        return [entry["digest"] for entry in self.document.get("manifests", [])]
+
+    @property
+    def blob_descriptors(self) -> list[dict[str, Any]]:
+        """The config and layer descriptors of a single-platform manifest (none for an index)."""
+        if self.media_type in INDEX_MEDIA_TYPES:
+            return []
+        config = self.document.get("config")
+        return [d for d in [config, *self.document.get("layers", [])] if isinstance(d, dict) and "digest" in d]
+
+    @property
+    def subject(self) -> str | None:
+        """The digest of the image this one refers to (OCI 1.1 ``subject``), if any."""
+        subject = self.document.get("subject")
+        return subject.get("digest") if isinstance(subject, dict) else None
 
     @property
     def size(self) -> int:
-        document = json.loads(self.manifest)
-        return len(self.manifest) + sum(
-            part.get("size", 0) for part in [document.get("config", {}), *document.get("layers", [])]
-        )
+        return len(self.manifest) + sum(part.get("size", 0) for part in self.blob_descriptors)
 
 
 class RepoImages:
@@ -65,6 +84,24 @@ class RepoImages:
         indexes = (image for image in self.by_digest.values() if image.media_type in INDEX_MEDIA_TYPES)
         return any(digest in index.children for index in indexes)
 
+    def referenced_blobs(self) -> set[str]:
+        """Every blob an image of this repository references (config or layer)."""
+        return {d["digest"] for image in self.by_digest.values() for d in image.blob_descriptors}
+
+    def blob_media_types(self) -> dict[str, str]:
+        """Each referenced blob's media type, as the manifests describe it."""
+        return {
+            d["digest"]: d.get("mediaType", "")
+            for image in self.by_digest.values()
+            for d in image.blob_descriptors
+            if d.get("mediaType")
+        }
+
+    def referrers_of(self, digest: str) -> list[StoredImage]:
+        """The images whose ``subject`` is ``digest``, oldest push first."""
+        found = [image for image in self.by_digest.values() if image.subject == digest]
+        return sorted(found, key=lambda image: (image.pushed_at, image.digest))
+
 
 def images_of(repository: Any) -> RepoImages:
     """The index of a moto repository's images, created empty on first use."""
@@ -77,10 +114,10 @@ def images_of(repository: Any) -> RepoImages:
     return store
 
 
-def record_blobs(repository: Any, blobs: Mapping[str, bytes]) -> None:
-    """Make blobs present, as a completed layer upload would (moto keeps each blob's size by digest)."""
-    for digest, data in blobs.items():
-        repository.layers[digest] = len(data)
+def record_blob(repository: Any, blob: Blob) -> None:
+    """Make a blob present in the repository, as a completed layer upload would (moto keeps each
+    blob's size by digest; the bytes are in the double's blob store)."""
+    repository.layers[blob.digest] = blob.size
 
 
 def store_image(repository: Any, manifest: str, media_type: str, pushed_at: float | None) -> StoredImage:
@@ -145,7 +182,7 @@ def describe(repository: Any, image: StoredImage) -> dict[str, Any]:
     }
     if image.tags:
         detail["imageTags"] = list(image.tags)
-    config = json.loads(image.manifest).get("config")
+    config = image.document.get("config")
     if config:
         detail["artifactMediaType"] = config.get("mediaType")
     return detail
