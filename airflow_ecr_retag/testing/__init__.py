@@ -4,7 +4,9 @@ Needs the ``testing`` extra (``pip install airflow-ecr-retag[testing]``).
 
 - :class:`EcrDouble`: in-process (``with EcrDouble() as ecr``) or as a server on 127.0.0.1
   (``EcrDouble(server=True)``, reached by other processes through ``AWS_ENDPOINT_URL_ECR``).
-- :func:`build_image` / :func:`push_image`: realistic Docker, OCI and multi-arch images.
+- :func:`build_image` / :func:`push_image`: realistic Docker, OCI and multi-arch images, with
+  their blobs; :func:`build_referrer` (OCI 1.1 artifacts) and :func:`write_oci_layout` (for
+  ``skopeo copy oci:...``).
 - pytest fixtures ``ecr_double`` and ``ecr_double_server``: add
   ``pytest_plugins = ["airflow_ecr_retag.testing.pytest_plugin"]`` to your ``conftest.py``.
 - ``python -m airflow_ecr_retag.testing serve``: a server in its own process.
@@ -20,7 +22,14 @@ from airflow_ecr_retag.testing.double import (
     RemoteEcrDouble,
     StoredImage,
 )
-from airflow_ecr_retag.testing.images import IMAGE_KINDS, BuiltImage, build_image, push_image
+from airflow_ecr_retag.testing.images import (
+    IMAGE_KINDS,
+    BuiltImage,
+    build_image,
+    build_referrer,
+    push_image,
+    write_oci_layout,
+)
 
 __all__ = [
     "IMAGE_KINDS",
@@ -32,5 +41,7 @@ __all__ = [
     "RemoteEcrDouble",
     "StoredImage",
     "build_image",
+    "build_referrer",
     "push_image",
+    "write_oci_layout",
 ]
