@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from benchmarks import hygiene, parse_cost, promotion, waiting
+from benchmarks import blob_throughput, hygiene, parse_cost, promotion, waiting
 from benchmarks.common import served_double
 
 
@@ -76,3 +76,16 @@ def test_parse_cost_benchmark_runs():
     assert set(results["imports"]) == set(parse_cost.IMPORTS)
     assert len(results["dagbag"]) == 1
     assert "DagBag" in parse_cost.report(results)
+
+
+def test_blob_throughput_benchmark_moves_every_byte(double_env):
+    endpoint, remote = double_env
+    results = blob_throughput.run(endpoint, remote, layer_mib=2, upload_mib=11)
+    transfers = {name: outcome for name, outcome in results.items() if isinstance(outcome, dict)}
+    assert len(transfers) == 4
+    for name, outcome in transfers.items():
+        assert outcome["digest_ok"], name
+        expected = results["layer_bytes"] if "GET" in name or "URL" in name else 11 * 2**20
+        assert outcome["bytes"] == expected, name
+    assert remote.calls()["UploadLayerPart"] == 2  # 11 MiB in 10 MiB parts
+    assert "| GetDownloadUrlForLayer URL | 2 MiB |" in blob_throughput.report(results)

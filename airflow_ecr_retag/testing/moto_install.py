@@ -88,4 +88,7 @@ def _request(handler: ECRResponse) -> tuple[str, dict[str, Any], str, str]:
         params = json.loads(handler.body) if handler.body else {}
     except ValueError:
         params = {}
+    if isinstance(params, dict) and isinstance(params.get("layerPartBlob"), str):
+        # Up to 20 MiB of base64 a part: the log keeps its size, not the bytes (uploads stream).
+        params["layerPartBlob"] = f"<{len(params['layerPartBlob']) * 3 // 4} bytes, not logged>"
     return operation, params, str(handler.headers.get("User-Agent", "")), handler.uri or "ecr"

@@ -14,12 +14,13 @@ is a line of :data:`ACCOUNT_SETTINGS`; code that depends on one reads :func:`acc
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from moto.core import DEFAULT_ACCOUNT_ID
-from moto.core.responses import ActionResult
+from moto.core.responses import ActionResult, BaseResponse
 from moto.ecr.models import ECRBackend, ecr_backends
 from moto.ecr.responses import ECRResponse
 
@@ -95,6 +96,22 @@ class RegistryHandlers(ECRResponse):
     ``ECRResponse`` with the other handler classes (see :mod:`~airflow_ecr_retag.testing.moto_install`)."""
 
     double: EcrDouble
+
+    def _get_param(self, param_name: str, if_none: Any = None) -> Any:
+        """moto's, with the JSON body parsed once per request: moto parses it again on every call,
+        which for a 20 MiB UploadLayerPart is most of the request's cost."""
+        if self.automated_parameter_parsing or self.querystring.get(param_name) is not None:
+            return BaseResponse._get_param(self, param_name, if_none)
+        parsed = self.__dict__.get("_double_parsed_body")
+        if parsed is None:
+            try:
+                parsed = json.loads(self.body) if self.body else {}
+            except (ValueError, TypeError):
+                parsed = {}
+            self._double_parsed_body = parsed
+        if isinstance(parsed, dict) and param_name in parsed:
+            return parsed[param_name]
+        return (self.uri_match or {}).get(param_name, if_none)
 
     @property
     def ecr_backend(self) -> ECRBackend:

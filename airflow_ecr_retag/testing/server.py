@@ -43,8 +43,13 @@ def _reset_calls(double: EcrDouble, body: dict[str, Any]) -> Any:
     return {}
 
 
+def _where(body: dict[str, Any]) -> dict[str, Any]:
+    """The registry a control request names: ``registry_id`` and ``region_name``, both optional."""
+    return {key: body[key] for key in ("registry_id", "region_name") if body.get(key)}
+
+
 def _create_repository(double: EcrDouble, body: dict[str, Any]) -> Any:
-    double.create_repository(body["repository"], mutability=body.get("mutability", "MUTABLE"))
+    double.create_repository(body["repository"], mutability=body.get("mutability", "MUTABLE"), **_where(body))
     return {}
 
 
@@ -53,9 +58,10 @@ def _seed(double: EcrDouble, body: dict[str, Any]) -> Any:
         "digests": [
             double.push(
                 body["repository"],
-                build_image(i.get("kind", "oci"), i["name"]),
+                build_image(i.get("kind", "oci"), i["name"], layer_bytes=i.get("layer_bytes")),
                 i.get("tags", []),
                 pushed_at=i.get("pushed_at"),
+                **_where(body),
             )
             for i in body["images"]
         ]
@@ -64,13 +70,32 @@ def _seed(double: EcrDouble, body: dict[str, Any]) -> Any:
 
 def _move_tags(double: EcrDouble, body: dict[str, Any]) -> Any:
     for move in body["moves"]:
-        double.move_tag(body["repository"], move["tag"], move["digest"])
+        double.move_tag(body["repository"], move["tag"], move["digest"], **_where(body))
     # The server's clock, so a test in another process can tell which requests came after the move.
     return {"at": time.time()}
 
 
 def _tags(double: EcrDouble, body: dict[str, Any]) -> Any:
-    return {"tags": double.tags(body["repository"])}
+    return {"tags": double.tags(body["repository"], **_where(body))}
+
+
+def _registry(double: EcrDouble, body: dict[str, Any]) -> Any:
+    user, password = double.registry_credentials(region_name=body.get("region_name"))
+    return {"endpoint": double.registry_endpoint(**_where(body)), "user": user, "password": password}
+
+
+def _memory(double: EcrDouble, body: dict[str, Any]) -> Any:
+    """The server process's resident memory now and at its peak, in bytes (Linux; None elsewhere).
+    ``reset_peak`` starts a new peak from now (``/proc/self/clear_refs``), for benchmarks."""
+    try:
+        if body.get("reset_peak"):
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")
+        with open("/proc/self/status") as handle:
+            fields = dict(line.split(":", 1) for line in handle if ":" in line)
+    except OSError:
+        return {"rss": None, "peak": None}
+    return {name: int(fields[key].split()[0]) * 1024 for name, key in (("rss", "VmRSS"), ("peak", "VmHWM"))}
 
 
 _CONTROL_ACTIONS: dict[str, Callable[[EcrDouble, dict[str, Any]], Any]] = {
@@ -80,6 +105,8 @@ _CONTROL_ACTIONS: dict[str, Callable[[EcrDouble, dict[str, Any]], Any]] = {
     "seed": _seed,
     "move-tags": _move_tags,
     "tags": _tags,
+    "registry": _registry,
+    "memory": _memory,
 }
 
 
@@ -130,19 +157,29 @@ class RemoteEcrDouble:
     def reset_calls(self) -> None:
         self._post("reset-calls")
 
-    def create_repository(self, repository: str, mutability: str = "MUTABLE") -> None:
-        self._post("create-repository", repository=repository, mutability=mutability)
+    def create_repository(self, repository: str, mutability: str = "MUTABLE", **where: str) -> None:
+        """``where``: ``registry_id`` and ``region_name``, as on :class:`EcrDouble`'s helpers."""
+        self._post("create-repository", repository=repository, mutability=mutability, **where)
 
-    def seed(self, repository: str, images: list[dict[str, Any]]) -> list[str]:
-        """Push images directly (not counted): each ``{"kind", "name", "tags", "pushed_at"}``."""
-        return self._post("seed", repository=repository, images=images)["digests"]
+    def seed(self, repository: str, images: list[dict[str, Any]], **where: str) -> list[str]:
+        """Push images directly (not counted): each ``{"kind", "name", "tags", "pushed_at", "layer_bytes"}``."""
+        return self._post("seed", repository=repository, images=images, **where)["digests"]
 
-    def move_tags(self, repository: str, moves: list[dict[str, str]]) -> float:
+    def move_tags(self, repository: str, moves: list[dict[str, str]], **where: str) -> float:
         """Point tags at digests directly, as other actors' pushes would; returns the server's time."""
-        return self._post("move-tags", repository=repository, moves=moves)["at"]
+        return self._post("move-tags", repository=repository, moves=moves, **where)["at"]
 
-    def tags(self, repository: str) -> dict[str, str]:
-        return self._post("tags", repository=repository)["tags"]
+    def tags(self, repository: str, **where: str) -> dict[str, str]:
+        return self._post("tags", repository=repository, **where)["tags"]
+
+    def memory(self, *, reset_peak: bool = False) -> dict[str, int | None]:
+        """The server's resident memory (``rss``) and its peak (``peak``), in bytes."""
+        return self._post("memory", reset_peak=reset_peak)
+
+    def registry(self, **where: str) -> tuple[str, str, str]:
+        """A registry's ``/v2/`` endpoint, user and password (``where``: ``registry_id``, ``region_name``)."""
+        answer = self._post("registry", **where)
+        return answer["endpoint"], answer["user"], answer["password"]
 
 
 # ---------------------------------------------------------------------- the server
