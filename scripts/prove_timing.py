@@ -25,7 +25,7 @@ def busy_cores(count: int) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(count)]
 
 
-def one_round(junit: Path, extra: list[str]) -> dict[str, str]:
+def one_round(junit: Path, extra: list[str]) -> tuple[dict[str, str], dict[str, str]]:
     subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-m", "timing", "-p", "no:cacheprovider", f"--junitxml={junit}", *extra],
         cwd=ROOT,
@@ -33,12 +33,16 @@ def one_round(junit: Path, extra: list[str]) -> dict[str, str]:
         stderr=subprocess.DEVNULL,
         check=False,
     )
-    outcomes = {}
+    outcomes, messages = {}, {}
     for case in ET.parse(junit).getroot().iter("testcase"):
         name = f"{case.get('classname')}::{case.get('name')}"
-        failed = case.find("failure") is not None or case.find("error") is not None
-        outcomes[name] = "failed" if failed else ("skipped" if case.find("skipped") is not None else "passed")
-    return outcomes
+        problem = case.find("failure") if case.find("failure") is not None else case.find("error")
+        outcomes[name] = (
+            "failed" if problem is not None else ("skipped" if case.find("skipped") is not None else "passed")
+        )
+        if problem is not None:
+            messages[name] = (problem.text or problem.get("message") or "")[-3000:]
+    return outcomes, messages
 
 
 def main() -> int:
@@ -54,11 +58,13 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for number in range(1, args.runs + 1):
-                outcomes = one_round(Path(tmp) / f"round{number}.xml", args.pytest_args)
+                outcomes, messages = one_round(Path(tmp) / f"round{number}.xml", args.pytest_args)
                 for name, outcome in outcomes.items():
                     (failed if outcome == "failed" else passed)[name] += outcome != "skipped"
                 bad = [n for n, o in outcomes.items() if o == "failed"]
                 print(f"round {number}/{args.runs}: {len(outcomes)} tests, {len(bad)} failed {bad or ''}", flush=True)
+                for name, message in messages.items():
+                    print(f"--- {name} (round {number})\n{message}\n---", flush=True)
     finally:
         for process in load:
             process.kill()
