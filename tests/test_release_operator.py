@@ -120,12 +120,13 @@ def test_rerun_of_a_finished_release_makes_one_read_per_repository_and_no_write(
 
 
 def test_the_last_repositorys_guard_failing_writes_nothing_anywhere(ecr):
-    _, candidates = seed(ecr)
+    seed(ecr)
     before = state(ecr)
     tested = ecr.push("team/migrate", build_image("oci", "tested-then-replaced"))
     ecr.reset_calls()
-    image_list = images(REPOS[:2]) + [
-        {"repository_name": "team/migrate", "source_tag": "sha-1", "source_digest": tested}
+    image_list = [
+        *images(REPOS[:2]),
+        {"repository_name": "team/migrate", "source_tag": "sha-1", "source_digest": tested},
     ]
     with pytest.raises(ReleaseCheckFailedError) as error:
         run(image_list)
@@ -250,7 +251,7 @@ def test_a_write_whose_retries_run_out_is_rolled_back_and_left_to_airflows_retri
     seed(ecr)
     before = state(ecr)
     ecr.inject(operation, Fault.SERVER_ERROR, call=nth, times=3)  # one try and two retries
-    with pytest.raises(Exception, match="InternalServerError|ServerException|500") as error:
+    with pytest.raises(Exception, match="ServerException") as error:
         run(**RETRYING)
     assert not isinstance(error.value, AirflowFailException)  # a task retry may succeed
     assert state(ecr) == before

@@ -128,7 +128,7 @@ def test_rollback_after_a_partial_release_finishes_what_the_release_could_not(ec
 
 
 def test_a_tag_another_actor_moved_since_is_left_alone_and_reported(ecr):
-    previous, candidate = seed(ecr)
+    _, candidate = seed(ecr)
     hotfix = ecr.push(REPO, build_image("oci", "hotfix"))
     promotion = promote(ecr)
     ecr.move_tag(REPO, "prod", hotfix)  # someone deployed a hotfix after our promotion
