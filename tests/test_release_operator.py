@@ -168,6 +168,31 @@ def test_an_immutable_conflict_in_the_last_repository_writes_nothing_anywhere(ec
     assert dict(ecr.calls) == {"BatchGetImage": 3, "DescribeRepositories": 1}
 
 
+def test_the_double_reports_tag_mutability_as_describe_repositories_does(ecr):
+    # The botocore model's Repository shape: imageTagMutability (MUTABLE, IMMUTABLE,
+    # IMMUTABLE_WITH_EXCLUSION, MUTABLE_WITH_EXCLUSION) and imageTagMutabilityExclusionFilters
+    # ({filterType: WILDCARD, filter}); repositoryNames takes 1-100 names.
+    ecr.create_repository("team/api", mutability="IMMUTABLE_WITH_EXCLUSION", exclusion_filters=["prod", "rc-*"])
+    ecr.create_repository("team/worker")
+    answer = ecr.client().describe_repositories(repositoryNames=["team/api", "team/worker"])["repositories"]
+    by_name = {r["repositoryName"]: r for r in answer}
+    assert by_name["team/api"]["imageTagMutability"] == "IMMUTABLE_WITH_EXCLUSION"
+    assert by_name["team/api"]["imageTagMutabilityExclusionFilters"] == [
+        {"filterType": "WILDCARD", "filter": "prod"},
+        {"filterType": "WILDCARD", "filter": "rc-*"},
+    ]
+    assert by_name["team/worker"]["imageTagMutability"] == "MUTABLE"
+    from airflow_ecr_retag.core.ecr import tag_is_immutable
+
+    assert [tag_is_immutable(by_name["team/api"], t) for t in ("prod", "rc-1", "v1", "prod2")] == [
+        False,
+        False,
+        True,
+        True,
+    ]
+    assert not tag_is_immutable(by_name["team/worker"], "prod")
+
+
 def test_a_tag_excluded_from_immutability_may_move(ecr):
     _, candidates = seed(
         ecr, create={"team/api": {"mutability": "IMMUTABLE_WITH_EXCLUSION", "exclusion_filters": ["pro*"]}}
