@@ -1,4 +1,4 @@
-"""airflow-ecr-retag: promote, wait for and clean up Amazon ECR image tags as Airflow tasks.
+"""airflow-ecr-retag: promote, release, roll back, wait for and clean up Amazon ECR image tags as Airflow tasks.
 
 ``import airflow_ecr_retag`` stays cheap (no boto3, no Amazon provider) because DAG files are
 parsed often: the operators and the sensor are imported on first use.
@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 
 _OPERATORS = {
     "EcrRetagOperator": "airflow_ecr_retag.operators.retag",
+    "EcrReleaseOperator": "airflow_ecr_retag.operators.release",
+    "EcrRollbackOperator": "airflow_ecr_retag.operators.rollback",
     "EcrTagHygieneOperator": "airflow_ecr_retag.operators.hygiene",
 }
 _SENSORS = {
@@ -27,7 +29,9 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
     from airflow_ecr_retag.operators.hygiene import EcrTagHygieneOperator
+    from airflow_ecr_retag.operators.release import EcrReleaseOperator
     from airflow_ecr_retag.operators.retag import EcrRetagOperator
+    from airflow_ecr_retag.operators.rollback import EcrRollbackOperator
     from airflow_ecr_retag.sensors.tag_sensor import EcrTagSensor
 
 

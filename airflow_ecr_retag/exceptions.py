@@ -61,6 +61,18 @@ class HygieneFailedError(EcrRetagError, core.HygieneFailedError):
     """Some tag removals failed; the report names them."""
 
 
+class ReleaseCheckFailedError(EcrRetagError, core.ReleaseCheckFailedError):
+    """A release's checks failed in at least one repository (``problems``), so nothing was written in any."""
+
+
+class ReleaseFailedError(EcrRetagError, core.ReleaseFailedError):
+    """A release write failed in a way a retry cannot fix; what the run wrote was rolled back (``rollback``)."""
+
+
+class RollbackIncompleteError(EcrRetagError, core.RollbackIncompleteError):
+    """Some tags could not be put back (immutable, previous image gone, ...); the report names them."""
+
+
 #: Each core error class and its twin (a core class without one fails the suite's check).
 TWINS: dict[type[core.EcrRetagError], type[EcrRetagError]] = {
     base: twin

@@ -6,7 +6,9 @@
 3. set up a throwaway Airflow home with SQLite (``airflow db migrate``);
 4. run ``airflow dags test`` on the release DAG, the deferrable prod gate and the hygiene DAG,
    with ``AWS_ENDPOINT_URL_ECR`` pointing at the double;
-5. print the tags and digests before and after, and the hygiene report.
+5. print the tags and digests before and after, and the hygiene report;
+6. run the release-set DAG (``team/api``, ``team/worker``, ``team/migrate`` as one release) with
+   a deploy that fails, and show its roll-back to exactly the previous digests.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REPO = "team/app"
 COMMIT = "9f3c2e1"
 VERSION = "v1.4.2"
+RELEASE_SET = ["team/api", "team/worker", "team/migrate"]
 
 
 def seed(ecr: EcrDouble) -> dict[str, str]:
@@ -46,6 +49,11 @@ def seed(ecr: EcrDouble) -> dict[str, str]:
     ecr.push(REPO, build_image("oci", "pr-97"), ["pr-97"], pushed_at=now - timedelta(days=2))
     release = build_image("oci-index", "release")
     ecr.push(REPO, release, [f"sha-{COMMIT}", "latest"], pushed_at=now - timedelta(minutes=5))
+    for i, repo in enumerate(RELEASE_SET):
+        ecr.create_repository(repo)
+        ecr.push(repo, build_image("oci", f"{repo}-v1.4.1"), ["v1.4.1", "prod"], pushed_at=now - timedelta(days=30))
+        kind = "oci-index" if i == 0 else "oci"
+        ecr.push(repo, build_image(kind, f"{repo}-{COMMIT}"), [f"sha-{COMMIT}"], pushed_at=now - timedelta(minutes=5))
     return {"release": release.digest}
 
 
@@ -102,14 +110,17 @@ def wait_for(condition, process: subprocess.Popen, what: str, limit: float = 180
         time.sleep(0.2)
 
 
-def airflow(env: dict[str, str], log: Path, *args: str) -> None:
+def airflow(env: dict[str, str], log: Path, *args: str, run_fails: bool = False) -> None:
+    """Run an airflow command; with ``run_fails``, a DAG run that ends failed is what is expected."""
     with log.open("a") as handle:
         handle.write(f"\n$ airflow {' '.join(args)}\n")
         handle.flush()
         result = subprocess.run(
             [sys.executable, "-m", "airflow", *args], env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=900
         )
-    if result.returncode != 0:
+    if run_fails and result.returncode != 0 and log.read_text().rstrip().endswith("DagRun failed"):
+        return
+    if result.returncode != 0 or run_fails:
         print(log.read_text()[-6000:])
         raise SystemExit(f"airflow {' '.join(args)} failed (exit {result.returncode}); full log: {log}")
 
@@ -127,6 +138,56 @@ def xcom(env: dict[str, str], dag_id: str, task_id: str, key: str = "return_valu
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=300)
     line = next(line for line in out.stdout.splitlines() if line.startswith("XCOM="))
     return json.loads(line[len("XCOM=") :])
+
+
+def release_set_with_a_failed_deploy(ecr: EcrDouble, env: dict[str, str], log: Path) -> list:
+    """Step 6: one release over three repositories, a deploy that fails, the roll-back."""
+    print(
+        f"6. Release team: airflow dags test example_ecr_release_set  ({', '.join(RELEASE_SET)} to {VERSION} "
+        "and prod as one release; the deploy fails)"
+    )
+
+    def state(double: EcrDouble) -> dict[str, str]:
+        return {f"{repo}:{tag}": digest for repo in RELEASE_SET for tag, digest in double.tags(repo).items()}
+
+    before, images_before = state(ecr), {repo: set(ecr.images(repo)) for repo in RELEASE_SET}
+    first = len(ecr.requests)
+    released: dict = {}
+
+    def after_release(double: EcrDouble) -> None:
+        # Just before the roll-back's first read (the release reads each repository once, the deploy not at all).
+        released.update(at=len(double.requests) - 1, tags=state(double))
+
+    ecr.before_call("BatchGetImage", after_release, call=len(RELEASE_SET) + 1)
+    conf = {"sha": COMMIT, "version": VERSION, "fail_deploy": True}
+    airflow(env, log, "dags", "test", "example_ecr_release_set", "-c", json.dumps(conf), run_fails=True)
+    if "tags" not in released:
+        raise SystemExit("the release set's roll-back never ran")
+    for report in xcom(env, "example_ecr_release_set", "release", "release"):
+        moved = ", ".join(f"{t} from {short(d)}" for t, d in report["moved"].items())
+        print(f"   {report['repository_name']}: {short(report['digest'])} added {report['added']}, moved {moved}")
+    calls = [c.operation for c in ecr.requests[first:]]
+    split = released["at"] - first
+    print(
+        f"   ECR calls of the release: {dict(Counter(calls[:split]))} "
+        "(every repository read and checked before the first write)"
+    )
+    print("   deploy failed (simulated) -> rollback ran (trigger_rule one_failed) -> deploy_failed failed the run")
+    rollback = xcom(env, "example_ecr_release_set", "rollback", "rollback")
+    assert isinstance(rollback, dict)
+    restored = [f"{e['repository_name']}:{e['tag']} to {short(e['digest'])}" for e in rollback["restored"]]
+    print(f"   rolled back: restored {restored}")
+    print(
+        f"   removed {[e['repository_name'] + ':' + e['tag'] for e in rollback['removed']]}; "
+        f"left alone {len(rollback['left_alone'])}; failed {len(rollback['failed'])}"
+    )
+    print(f"   ECR calls of the roll-back: {dict(Counter(calls[split:]))}")
+    after = state(ecr)
+    lost = sum(len(images_before[repo] - set(ecr.images(repo))) for repo in RELEASE_SET)
+    print(f"   every tag back at its digest from before the release: {after == before}; images lost: {lost}")
+    if after != before or lost:
+        raise SystemExit("the roll-back did not restore the release set")
+    return [("before", before), ("after release", released["tags"]), ("after rollback", after)]
 
 
 def main() -> int:
@@ -197,8 +258,11 @@ def main() -> int:
             f"failed {len(report['failed'])}"
         )
         print(f"   images before {len(ecr.images(REPO))}, after {len(images_after)}: none lost")
+        set_stages = release_set_with_a_failed_deploy(ecr, env, log)
     print("\nTags whose digest changed (digests shortened; '-' = no such tag):")
     print(table([("before", before), ("after release", after_release), ("after hygiene", after)]))
+    print(f"\nThe release set ({', '.join(RELEASE_SET)}), tags whose digest changed:")
+    print(table(set_stages))
     print(
         "Against a real AWS account: unset AWS_ENDPOINT_URL_ECR and give Airflow an `aws_default` connection, e.g.\n"
         '  airflow connections add aws_default --conn-type aws --conn-extra \'{"region_name": "eu-west-1"}\'\n'

@@ -1,8 +1,9 @@
 """One representative task per operator (and the sensor), with its seed, for the reliability suite.
 
-Each scenario seeds a fresh repository of the double, then runs the task. Between them they
-make every ECR call the package makes: BatchGetImage, PutImage, DescribeImages (paginated
-and by digest) and BatchDeleteImage.
+Each scenario seeds fresh repositories of the double (``repositories``: the ones whose state the
+suite checks), then runs the task. Between them they make every ECR call the package makes:
+BatchGetImage, PutImage, DescribeImages (paginated and by digest), BatchDeleteImage and
+DescribeRepositories.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Scenario:
     name: str
     seed: Callable[[EcrDouble], None]
     run: Callable[[], Any]
+    repositories: tuple[str, ...] = (REPO,)
 
 
 def seed_retag(ecr: EcrDouble) -> None:
@@ -85,8 +87,57 @@ def run_hygiene() -> Any:
     ).execute(make_context())
 
 
+RELEASE_REPOS = (REPO, "team/worker", "team/migrate")
+
+
+def seed_release(ecr: EcrDouble) -> None:
+    for i, repo in enumerate(RELEASE_REPOS):
+        ecr.create_repository(repo)
+        ecr.push(repo, build_image("oci", f"{repo}-previous"), ["prod", "v1.0"], pushed_at=EPOCH)
+        kind = "oci-index" if i == 0 else "docker"
+        ecr.push(repo, build_image(kind, f"{repo}-candidate"), ["rc"], pushed_at=EPOCH + timedelta(days=1))
+
+
+def run_release() -> Any:
+    from airflow_ecr_retag import EcrReleaseOperator
+
+    return EcrReleaseOperator(
+        task_id="release",
+        images=[{"repository_name": repo, "source_tag": "rc"} for repo in RELEASE_REPOS],
+        target_tags=["v1.1", "prod"],
+        **RETRYING,
+    ).execute(make_context())
+
+
+PREVIOUS = build_image("oci", "previous")
+PROMOTED = build_image("oci-index", "candidate")
+
+
+def seed_rollback(ecr: EcrDouble) -> None:
+    """The state after a promotion of ``rc`` to v1.1 and prod (prod moved off the previous image)."""
+    ecr.create_repository(REPO)
+    ecr.push(REPO, PREVIOUS, ["prod", "v1.0"], pushed_at=EPOCH)
+    ecr.push(REPO, PROMOTED, ["rc", "v1.1"], pushed_at=EPOCH + timedelta(days=1))
+    ecr.move_tag(REPO, "prod", PROMOTED.digest)
+
+
+def run_rollback() -> Any:
+    from airflow_ecr_retag import EcrRollbackOperator
+
+    promotion = {
+        "repository_name": REPO,
+        "registry_id": "123456789012",
+        "digest": PROMOTED.digest,
+        "added": ["v1.1", "prod"],
+        "moved": {"prod": PREVIOUS.digest},
+    }
+    return EcrRollbackOperator(task_id="rollback", promotions=[promotion], **RETRYING).execute(make_context())
+
+
 SCENARIOS = [
     Scenario("retag", seed_retag, run_retag),
     Scenario("sensor", seed_sensor, run_sensor),
     Scenario("hygiene", seed_hygiene, run_hygiene),
+    Scenario("release", seed_release, run_release, RELEASE_REPOS),
+    Scenario("rollback", seed_rollback, run_rollback),
 ]

@@ -47,9 +47,13 @@ def test_the_trigger_class_path_stored_in_trigger_rows_keeps_working():
     ("package", "name"),
     [
         ("airflow_ecr_retag", "EcrRetagOperator"),
+        ("airflow_ecr_retag", "EcrReleaseOperator"),
+        ("airflow_ecr_retag", "EcrRollbackOperator"),
         ("airflow_ecr_retag", "EcrTagHygieneOperator"),
         ("airflow_ecr_retag", "EcrTagSensor"),
         ("airflow_ecr_retag.operators", "EcrRetagOperator"),
+        ("airflow_ecr_retag.operators", "EcrReleaseOperator"),
+        ("airflow_ecr_retag.operators", "EcrRollbackOperator"),
         ("airflow_ecr_retag.operators", "EcrTagHygieneOperator"),
         ("airflow_ecr_retag.sensors", "EcrTagSensor"),
         ("airflow_ecr_retag.triggers", "EcrTagTrigger"),

@@ -12,7 +12,13 @@ import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException
 from helpers import AWS, make_context
 
-from airflow_ecr_retag import EcrRetagOperator, EcrTagHygieneOperator, EcrTagSensor
+from airflow_ecr_retag import (
+    EcrReleaseOperator,
+    EcrRetagOperator,
+    EcrRollbackOperator,
+    EcrTagHygieneOperator,
+    EcrTagSensor,
+)
 from airflow_ecr_retag.exceptions import InvalidInputError
 from airflow_ecr_retag.testing import build_image
 
@@ -22,10 +28,21 @@ HEX = "0123456789abcdef" * 4
 RETAG = {"repository_name": REPO, "source_tag": "sha-1", "target_tags": ["v1", "prod"]}
 SENSOR = {"repository_name": REPO, "tag": "sha-1", "poke_interval": 0.01, "timeout": 5}
 HYGIENE = {"repository_name": REPO, "rules": [{"tag_pattern": "latest"}]}
+RELEASE = {"images": [{"repository_name": REPO, "source_tag": "sha-1"}], "target_tags": ["v1", "prod"]}
+PROMOTION = {
+    "repository_name": REPO,
+    "registry_id": "123456789012",
+    "digest": "sha256:" + HEX,
+    "added": ["v1", "prod"],
+    "moved": {"prod": "sha256:" + HEX[::-1]},
+}
+ROLLBACK = {"promotions": [PROMOTION]}
 KINDS = {
     "retag": (EcrRetagOperator, RETAG),
     "sensor": (EcrTagSensor, SENSOR),
     "hygiene": (EcrTagHygieneOperator, HYGIENE),
+    "release": (EcrReleaseOperator, RELEASE),
+    "rollback": (EcrRollbackOperator, ROLLBACK),
 }
 
 # (operator, overrides, params for Jinja, field the message names)
@@ -84,6 +101,50 @@ CASES = [
     ("hygiene", {"rules": [{"tag_pattern": "pr-*", "older_than_days": -0.5}]}, {}, "rules[0].older_than_days"),
     ("hygiene", {"protect": ["v*", 3]}, {}, "protect"),
     ("hygiene", {"allow_image_deletion": "yes"}, {}, "allow_image_deletion"),
+    # release sets: malformed entries, an empty list, repeated repositories
+    ("release", {"images": "{{ params.images }}"}, {"images": []}, "images"),
+    ("release", {"images": "{{ params.images }}"}, {"images": "team/app"}, "images"),
+    ("release", {"images": ["{{ params.repo }}"]}, {"repo": REPO}, "images[0]"),
+    (
+        "release",
+        {"images": [{"repository_name": "{{ params.repo }}", "source_tag": "sha-1"}]},
+        {"repo": ""},
+        "images[0].repository_name",
+    ),
+    ("release", {"images": [{"repository_name": REPO}]}, {}, "images[0].source_tag"),
+    ("release", {"images": [{"source_tag": "sha-1"}]}, {}, "images[0].repository_name"),
+    ("release", {"images": [{"repository_name": REPO, "source_tag": "sha-1", "target": "prod"}]}, {}, "images[0]"),
+    (
+        "release",
+        {"images": [{"repository_name": REPO, "source_digest": "sha256:" + HEX[:63]}]},
+        {},
+        "images[0].source_digest",
+    ),
+    (
+        "release",
+        {"images": "{{ params.images }}"},
+        {
+            "images": [
+                {"repository_name": REPO, "source_tag": "sha-1"},
+                {"repository_name": REPO, "source_tag": "sha-2"},
+            ]
+        },
+        "images",
+    ),
+    ("release", {"target_tags": "{{ params.targets }}"}, {"targets": []}, "target_tags"),
+    # promotion reports that are not one
+    ("rollback", {"promotions": "{{ params.release }}"}, {"release": None}, "promotions"),
+    ("rollback", {"promotions": "{{ params.release }}"}, {"release": [{"repository_name": REPO}]}, "promotions[0]"),
+    ("rollback", {"promotions": "{{ params.release }}"}, {"release": ["sha256:" + HEX]}, "promotions[0]"),
+    (
+        "rollback",
+        {"promotions": {**PROMOTION, "digest": "{{ params.digest }}"}},
+        {"digest": "prod"},
+        "promotions.digest",
+    ),
+    ("rollback", {"promotions": {**PROMOTION, "moved": {"v2": "sha256:" + HEX}}}, {}, "promotions.moved"),
+    ("rollback", {"promotions": [PROMOTION, PROMOTION]}, {}, "promotions"),
+    ("rollback", {"remove_added_tags": "true"}, {}, "remove_added_tags"),
 ]
 
 

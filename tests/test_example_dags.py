@@ -33,7 +33,12 @@ def dagbag():
 
 def test_every_example_dag_imports_without_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"example_ecr_release", "example_ecr_wait_for_prod", "example_ecr_tag_hygiene"}
+    assert set(dagbag.dag_ids) == {
+        "example_ecr_release",
+        "example_ecr_release_set",
+        "example_ecr_wait_for_prod",
+        "example_ecr_tag_hygiene",
+    }
 
 
 @pytest.fixture
@@ -86,6 +91,61 @@ def test_release_dag_refuses_an_image_re_pushed_after_its_test(served, dagbag):
     assert states(dag_run)["promote"] == "failed"
     assert served.calls["PutImage"] == 0
     assert "v2" not in served.tags(REPO) and "prod" not in served.tags(REPO)
+
+
+RELEASE_SET = ["team/api", "team/worker", "team/migrate"]
+
+
+def seed_release_set(served):
+    """Each repository: the previous release at prod and v1.4.1, CI's build at sha-0123abcd."""
+    previous, candidates = {}, {}
+    for i, repo in enumerate(RELEASE_SET):
+        served.create_repository(repo)
+        previous[repo] = served.push(repo, build_image("oci", f"{repo}-v1.4.1"), ["prod", "v1.4.1"])
+        kind = "oci-index" if i == 0 else "docker"
+        candidates[repo] = served.push(repo, build_image(kind, f"{repo}-v1.4.2"), ["sha-0123abcd"])
+    return previous, candidates
+
+
+def test_release_set_dag_rolls_back_to_exactly_the_previous_digests_when_the_deploy_fails(served, dagbag):
+    previous, candidates = seed_release_set(served)
+    before = {repo: served.tags(repo) for repo in RELEASE_SET}
+    images_before = {repo: set(served.images(repo)) for repo in RELEASE_SET}
+    dag_run = dagbag.get_dag("example_ecr_release_set").test(
+        run_conf={"sha": "0123abcd", "version": "v1.4.2", "fail_deploy": True}
+    )
+    assert states(dag_run) == {
+        "release": "success",
+        "deploy": "failed",
+        "rollback": "success",
+        "deploy_failed": "failed",
+    }
+    assert xcom(dag_run, "release") == candidates
+    assert {repo: served.tags(repo) for repo in RELEASE_SET} == before
+    assert {repo: set(served.images(repo)) for repo in RELEASE_SET} == images_before
+    report = xcom(dag_run, "rollback", "rollback")
+    assert {(e["repository_name"], e["tag"], e["digest"]) for e in report["restored"]} == {
+        (repo, "prod", previous[repo]) for repo in RELEASE_SET
+    }
+    assert {(e["repository_name"], e["tag"]) for e in report["removed"]} == {(repo, "v1.4.2") for repo in RELEASE_SET}
+    assert report["left_alone"] == report["failed"] == []
+
+
+def test_release_set_dag_skips_the_rollback_when_the_deploy_succeeds(served, dagbag):
+    _, candidates = seed_release_set(served)
+    dag_run = dagbag.get_dag("example_ecr_release_set").test(run_conf={"sha": "0123abcd", "version": "v1.4.2"})
+    assert states(dag_run) == {
+        "release": "success",
+        "deploy": "success",
+        "rollback": "skipped",
+        "deploy_failed": "skipped",
+    }
+    for repo in RELEASE_SET:
+        assert served.tags(repo)["prod"] == served.tags(repo)["v1.4.2"] == candidates[repo]
+    assert xcom(dag_run, "deploy") == [
+        f"123456789012.dkr.ecr.us-east-1.amazonaws.com/{repo}@{candidates[repo]}" for repo in RELEASE_SET
+    ]
+    assert served.calls["PutImage"] == 6 and served.calls["BatchDeleteImage"] == 0
 
 
 @pytest.mark.timing

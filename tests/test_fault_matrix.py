@@ -14,17 +14,26 @@ from collections import Counter
 
 import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException
-from scenarios import REPO, SCENARIOS
+from scenarios import SCENARIOS
 
 from airflow_ecr_retag.testing import EcrDouble, Fault
 
 TRANSIENT = [Fault.THROTTLE, Fault.SERVER_ERROR, Fault.DROPPED_CONNECTION]
 
 
+def tags(ecr, scenario):
+    """Every tag of the scenario's repositories: (repository, tag) -> digest."""
+    return {(repo, tag): digest for repo in scenario.repositories for tag, digest in ecr.tags(repo).items()}
+
+
+def images(ecr, scenario):
+    return {(repo, digest) for repo in scenario.repositories for digest in ecr.images(repo)}
+
+
 def clean_run(scenario):
     with EcrDouble() as ecr:
         scenario.seed(ecr)
-        before_tags, before_images = ecr.tags(REPO), set(ecr.images(REPO))
+        before_tags, before_images = tags(ecr, scenario), images(ecr, scenario)
         ecr.reset_calls()
         scenario.run()
         calls = [c.operation for c in ecr.requests]
@@ -32,8 +41,8 @@ def clean_run(scenario):
             "calls": calls,
             "before_tags": before_tags,
             "before_images": before_images,
-            "end_tags": ecr.tags(REPO),
-            "end_images": set(ecr.images(REPO)),
+            "end_tags": tags(ecr, scenario),
+            "end_images": images(ecr, scenario),
         }
 
 
@@ -68,7 +77,7 @@ CASES, BASELINES = _matrix()
 
 def test_matrix_covers_every_operation_the_package_calls():
     operations = {case.values[1] for case in CASES}
-    assert operations == {"BatchGetImage", "PutImage", "DescribeImages", "BatchDeleteImage"}
+    assert operations == {"BatchGetImage", "PutImage", "DescribeImages", "BatchDeleteImage", "DescribeRepositories"}
     points = {name: len(b["calls"]) for name, b in BASELINES.items()}
     # Reported size: the calls of each clean run x 4 kinds of fault.
     print(f"fault matrix: {len(CASES)} cases from {points} calls x 4 faults")
@@ -85,15 +94,15 @@ def test_fault(scenario, operation, nth, fault, monkeypatch):
         ecr.inject(operation, fault, call=nth, times=1 if fault in TRANSIENT else None)
         if fault in TRANSIENT:
             scenario.run()
-            assert ecr.tags(REPO) == baseline["end_tags"]
+            assert tags(ecr, scenario) == baseline["end_tags"]
         else:
             with pytest.raises(AirflowFailException, match="AccessDenied"):
                 scenario.run()
-        assert set(ecr.images(REPO)) >= baseline["before_images"], "an image was deleted"
-        tags = ecr.tags(REPO)
-        for tag in set(tags) | set(baseline["before_tags"]) | set(baseline["end_tags"]):
-            assert tags.get(tag) in {baseline["before_tags"].get(tag), baseline["end_tags"].get(tag)}, tag
+        assert images(ecr, scenario) >= baseline["before_images"], "an image was deleted"
+        now = tags(ecr, scenario)
+        for tag in set(now) | set(baseline["before_tags"]) | set(baseline["end_tags"]):
+            assert now.get(tag) in {baseline["before_tags"].get(tag), baseline["end_tags"].get(tag)}, tag
         ecr.clear_faults()
         scenario.run()
-        assert ecr.tags(REPO) == baseline["end_tags"]
-        assert set(ecr.images(REPO)) == baseline["end_images"]
+        assert tags(ecr, scenario) == baseline["end_tags"]
+        assert images(ecr, scenario) == baseline["end_images"]

@@ -1,10 +1,14 @@
 """Stateful property test: random sequences of pushes, promotions, guarded promotions, moves,
-hygiene runs with random rules and concurrent external tag moves, against the double.
+releases, roll-backs of any earlier promotion, hygiene runs with random rules and concurrent
+external tag moves, against the double.
 
 Invariants after every step:
 - with ``allow_image_deletion=False`` the set of images only grows;
-- protected tags never change except through a promotion that targets them;
-- every operator's report matches the double's real state.
+- protected tags never change except through a promotion that targets them, or the roll-back
+  of one;
+- every operator's report matches the double's real state;
+- a roll-back puts every recorded tag back at exactly its recorded previous digest (or removes
+  an added one), or reports why not, and changes no other tag.
 """
 
 from __future__ import annotations
@@ -18,9 +22,9 @@ import pytest
 from helpers import AWS, make_context
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, multiple, rule
 
-from airflow_ecr_retag import EcrRetagOperator, EcrTagHygieneOperator
+from airflow_ecr_retag import EcrReleaseOperator, EcrRetagOperator, EcrRollbackOperator, EcrTagHygieneOperator
 from airflow_ecr_retag.exceptions import EcrRetagError, GuardFailedError
 from airflow_ecr_retag.testing import EcrDouble, build_image
 
@@ -40,6 +44,7 @@ rule_strategy = st.fixed_dictionaries(
 
 class RegistryMachine(RuleBasedStateMachine):
     images = Bundle("images")
+    promotions = Bundle("promotions")
 
     def __init__(self) -> None:
         super().__init__()
@@ -81,7 +86,11 @@ class RegistryMachine(RuleBasedStateMachine):
         self._after()
         return digest
 
-    @rule(digest=images, target_list=st.lists(st.sampled_from(ALL_TAGS), min_size=1, max_size=3, unique=True))
+    @rule(
+        target=promotions,
+        digest=images,
+        target_list=st.lists(st.sampled_from(ALL_TAGS), min_size=1, max_size=3, unique=True),
+    )
     def promote(self, digest, target_list):
         targets = target_list
         context = make_context()
@@ -94,6 +103,7 @@ class RegistryMachine(RuleBasedStateMachine):
         assert all(tags[t] == digest for t in targets)
         assert sorted(report["added"] + report["unchanged"]) == sorted(targets)
         self._after(targeted=set(targets))
+        return report
 
     @rule(
         source=st.sampled_from(FREE_TAGS),
@@ -120,12 +130,12 @@ class RegistryMachine(RuleBasedStateMachine):
             assert all(self.ecr.tags(REPO)[t] == tested for t in targets)
             self._after(targeted=set(targets))
 
-    @rule(source=st.sampled_from(FREE_TAGS), destination=st.sampled_from(ALL_TAGS))
+    @rule(target=promotions, source=st.sampled_from(FREE_TAGS), destination=st.sampled_from(ALL_TAGS))
     def move(self, source, destination):
         target = destination
         tags = self.ecr.tags(REPO)
         if source not in tags or source == target:
-            return
+            return multiple()
         digest = tags[source]
         context = make_context()
         EcrRetagOperator(
@@ -136,6 +146,98 @@ class RegistryMachine(RuleBasedStateMachine):
         assert now[target] == digest
         assert (source not in now) == report["source_tag_removed"]
         self._after(targeted={target})
+        return report
+
+    @rule(
+        target=promotions,
+        digest=images,
+        target_list=st.lists(st.sampled_from(ALL_TAGS), min_size=1, max_size=3, unique=True),
+    )
+    def release(self, digest, target_list):
+        context = make_context()
+        returned = EcrReleaseOperator(
+            task_id="r", images=[{"repository_name": REPO, "source_digest": digest}], target_tags=target_list, **AWS
+        ).execute(context)
+        [report] = context["ti"].xcom["release"]
+        assert returned == {REPO: digest} and report["digest"] == digest
+        assert all(self.ecr.tags(REPO)[t] == digest for t in target_list)
+        self._after(targeted=set(target_list))
+        return report
+
+    @rule(promotion=promotions, remove_added_tags=st.booleans())
+    def roll_back(self, promotion, remove_added_tags):
+        self._roll_back_and_check(promotion, remove_added_tags)
+
+    @rule(
+        digest=images,
+        data=st.data(),
+        meanwhile=st.one_of(st.none(), st.tuples(st.integers(0, 2), st.one_of(st.none(), images))),
+        remove_added_tags=st.booleans(),
+    )
+    def promote_then_roll_back(self, digest, data, meanwhile, remove_added_tags):
+        """A deploy fails: roll back at once, maybe after another actor moved (or removed) a target."""
+        # Often tags on other images, so that the promotion moves them.
+        existing = sorted(t for t, d in self.ecr.tags(REPO).items() if d != digest)
+        target_list = data.draw(
+            st.lists(
+                st.sampled_from(existing + ALL_TAGS if existing else ALL_TAGS), min_size=1, max_size=3, unique=True
+            )
+        )
+        promotion = self.promote(digest, target_list)
+        if meanwhile:
+            which, elsewhere = meanwhile
+            tag = target_list[which % len(target_list)]
+            tags = self.ecr.tags(REPO)
+            if elsewhere is None and tag in tags and list(tags.values()).count(tags[tag]) > 1:
+                self.ecr.delete_tag(REPO, tag)  # not an image's last tag: that would delete the image
+            elif elsewhere is not None:
+                self.ecr.move_tag(REPO, tag, elsewhere)
+            self._after(targeted={tag})
+        self._roll_back_and_check(promotion, remove_added_tags)
+
+    def _roll_back_and_check(self, promotion, remove_added_tags):
+        before = self.ecr.tags(REPO)
+        report = EcrRollbackOperator(
+            task_id="rb", promotions=promotion, remove_added_tags=remove_added_tags, **AWS
+        ).execute(make_context())
+        after = self.ecr.tags(REPO)
+        promoted, moved = promotion["digest"], promotion["moved"]
+        new = [t for t in promotion["added"] if t not in moved]
+        assert report["failed"] == []  # every previous image still exists, the repository is mutable
+        outcomes = {e["tag"]: (kind, e) for kind, entries in report.items() for e in entries}
+        assert sorted(e["tag"] for entries in report.values() for e in entries) == sorted([*moved, *new])
+        for tag, previous in moved.items():
+            kind, entry = outcomes[tag]
+            if kind == "restored":
+                assert before[tag] == promoted and after[tag] == previous
+            elif kind == "unchanged":
+                assert before[tag] == after[tag] == previous
+            elif entry["reason"] == "moved_since":
+                assert before[tag] not in (promoted, previous) and after[tag] == before[tag] == entry["digest"]
+            else:
+                assert entry["reason"] == "removed_since" and tag not in before and tag not in after
+        for tag in new:
+            kind, entry = outcomes[tag]
+            if kind == "removed":
+                assert before[tag] == promoted and tag not in after
+            elif kind == "unchanged":
+                assert tag not in before and tag not in after
+            elif entry["reason"] == "moved_since":
+                assert before.get(tag) not in (None, promoted) and after[tag] == before[tag]
+            elif entry["reason"] == "last_tag":
+                assert after[tag] == promoted and [t for t, d in after.items() if d == promoted] == [tag]
+            else:
+                assert entry["reason"] == "remove_added_tags=False" and not remove_added_tags
+                assert after.get(tag) == before.get(tag)
+        for tag in (set(before) | set(after)) - set(outcomes):
+            assert before.get(tag) == after.get(tag), f"the roll-back changed {tag}, which it did not record"
+        self._after(targeted=set(outcomes))
+        # Twice in a row: the second run writes nothing and changes nothing.
+        self.ecr.reset_calls()
+        EcrRollbackOperator(task_id="rb2", promotions=promotion, remove_added_tags=remove_added_tags, **AWS).execute(
+            make_context()
+        )
+        assert self.ecr.write_calls == 0 and self.ecr.tags(REPO) == after
 
     @rule(
         rules=st.lists(rule_strategy, min_size=1, max_size=3),

@@ -3,18 +3,20 @@
 Read: :func:`fetch_images` (BatchGetImage, 100 references a call, all manifest media types
 accepted so ECR never translates) and :func:`fetch_images_async` for the triggers,
 :func:`describe_image`, :func:`describe_images` (by digest, 100 a call), :func:`describe_all`
-(the DescribeImages paginator). Write: :func:`put_tag`, :func:`remove_tags`. Optional API
+(the DescribeImages paginator), :func:`describe_repositories` (for tag mutability, with
+:func:`tag_is_immutable`). Write: :func:`put_tag`, :func:`remove_tags`. Optional API
 arguments go through :func:`pruned`, so ``registry_id=None`` means the caller's own registry.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from airflow_ecr_retag.core.errors import DigestMismatchError, ImmutableTagError, ManifestTooLargeError, error_code
-from airflow_ecr_retag.core.limits import MAX_IMAGE_IDS, MAX_MANIFEST_CHARS, MAX_RESULTS
+from airflow_ecr_retag.core.limits import MAX_IMAGE_IDS, MAX_MANIFEST_CHARS, MAX_REPOSITORY_NAMES, MAX_RESULTS
 from airflow_ecr_retag.core.manifests import MANIFEST_MEDIA_TYPES, declared_media_type, manifest_digest
 
 #: DescribeImages page size used for whole-repository reads: the most ECR allows.
@@ -216,10 +218,53 @@ def put_tag(client: Any, repository_name: str, image: FetchedImage, tag: str, re
     holder = current_digest(client, repository_name, tag, registry_id)
     if holder == image.digest:
         return False
-    raise ImmutableTagError(
+    raise immutable_tag_error(repository_name, tag, holder, image.digest)
+
+
+def immutable_tag_error(repository_name: str, tag: str, holder: str | None, digest: str) -> ImmutableTagError:
+    return ImmutableTagError(
         f"target tag {tag!r} is immutable in repository {repository_name!r} and points at {holder}, "
-        f"not {image.digest}; ECR refuses to move it"
+        f"not {digest}; ECR refuses to move it"
     )
+
+
+def describe_repositories(
+    client: Any, repository_names: Sequence[str], registry_id: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """DescribeRepositories by name (100 a call): each repository's details, with its tag mutability."""
+    details: dict[str, dict[str, Any]] = {}
+    for batch in chunks(list(repository_names), MAX_REPOSITORY_NAMES):
+        response = client.describe_repositories(**pruned(registryId=registry_id, repositoryNames=list(batch)))
+        for detail in response.get("repositories", []):
+            details[detail["repositoryName"]] = detail
+    return details
+
+
+def tag_is_immutable(repository: dict[str, Any], tag: str) -> bool:
+    """Whether ECR refuses to move ``tag`` in a repository (a DescribeRepositories entry).
+
+    ``imageTagMutability`` with its WILDCARD ``imageTagMutabilityExclusionFilters``: under
+    ``IMMUTABLE_WITH_EXCLUSION`` a tag matching a filter stays mutable; under
+    ``MUTABLE_WITH_EXCLUSION`` a tag matching a filter is immutable. In a filter, ``*``
+    matches any run of characters and nothing else is special.
+    """
+    mode = repository.get("imageTagMutability", "MUTABLE")
+    excluded = any(
+        _wildcard_match(f.get("filter", ""), tag)
+        for f in repository.get("imageTagMutabilityExclusionFilters", [])
+        if f.get("filterType", "WILDCARD") == "WILDCARD"
+    )
+    if mode == "IMMUTABLE":
+        return True
+    if mode == "IMMUTABLE_WITH_EXCLUSION":
+        return not excluded
+    if mode == "MUTABLE_WITH_EXCLUSION":
+        return excluded
+    return False
+
+
+def _wildcard_match(pattern: str, tag: str) -> bool:
+    return re.fullmatch(".*".join(re.escape(part) for part in pattern.split("*")), tag) is not None
 
 
 def remove_tags(

@@ -67,6 +67,32 @@ class HygieneFailedError(EcrRetagError):
     """Some tag removals failed; the report names them."""
 
 
+class ReleaseCheckFailedError(EcrRetagError):
+    """A release's checks failed in at least one repository, so nothing was written in any.
+
+    :param problems: repository name -> the check's error, for every repository that failed one.
+    """
+
+    def __init__(self, message: str, problems: dict[str, Exception] | None = None):
+        self.problems = dict(problems or {})
+        super().__init__(message)
+
+
+class ReleaseFailedError(EcrRetagError):
+    """A release write failed in a way a retry cannot fix; what the run wrote was rolled back.
+
+    :param rollback: the roll-back report (``restored``, ``removed``, ``left_alone``, ``failed``, ...).
+    """
+
+    def __init__(self, message: str, rollback: dict | None = None):
+        self.rollback = rollback
+        super().__init__(message)
+
+
+class RollbackIncompleteError(EcrRetagError):
+    """Some tags could not be put back (immutable, previous image gone, ...); the report names them."""
+
+
 #: ECR (and IAM/STS) error codes a retry cannot fix.
 PERMANENT_ERROR_CODES = frozenset(
     {

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 #: imageIds per BatchGetImage, BatchDeleteImage and DescribeImages call.
 MAX_IMAGE_IDS = 100
+#: repositoryNames per DescribeRepositories call.
+MAX_REPOSITORY_NAMES = 100
 #: An image tag's length in characters (the API's limit; the OCI grammar allows 128).
 MAX_TAG_CHARS = 300
 #: The PutImage ``imageManifest`` parameter, in characters.

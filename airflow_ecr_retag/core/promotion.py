@@ -3,6 +3,10 @@
 Calls, in order: one BatchGetImage for the source and every target; one PutImage per
 target that does not point at the image yet; with ``remove_source_tag``, one DescribeImages
 and one BatchDeleteImage. A run that changes nothing makes exactly one call.
+
+:func:`promote` is three steps, which a release (:mod:`~airflow_ecr_retag.core.release_set`)
+runs separately so that every repository is read and checked before the first write:
+:func:`read` (the one BatchGetImage), :func:`plan` (every check, no call) and :func:`write`.
 """
 
 from __future__ import annotations
@@ -44,8 +48,7 @@ class PromotionRequest:
         repository_name = validation.repository_name(repository_name)
         source_tag = validation.optional(validation.tag, source_tag, "source_tag")
         source_digest = validation.optional(validation.digest, source_digest, "source_digest")
-        if source_tag is None and source_digest is None:
-            raise InvalidInputError("source_tag", "give source_tag, source_digest, or both (guard)", None)
+        validation.source(source_tag, source_digest)
         targets = validation.tag_list(target_tags, "target_tags", max_items=validation.MAX_TARGET_TAGS)
         registry_id = validation.registry_id(registry_id)
         overwrite = validation.flag(overwrite, "overwrite")
@@ -80,20 +83,52 @@ def promote(
 ) -> dict[str, Any]:
     """Promote the source image to every target tag and return the ``promotion`` report.
 
+    :func:`read`, then :func:`plan` (every check, nothing written), then :func:`write`.
+
     :param log: where the per-tag lines go (the operator passes its task logger).
     """
-    repo, registry = request.repository_name, request.registry_id
-    target_refs = [ecr.ref(tag=t) for t in request.target_tags]
-    found, failures = ecr.fetch_images(client, repo, [request.source_ref, *target_refs], registry)
+    return write(client, plan(request, *read(client, request)), region_name=region_name, log=log)
 
+
+@dataclass(frozen=True)
+class PromotionPlan:
+    """What :func:`write` will do, decided from one read: every check has passed."""
+
+    request: PromotionRequest
+    #: The image to promote (for an already-completed move: the image every target points at).
+    image: ecr.FetchedImage
+    unchanged: list[str]
+    #: Tags to put, in write order: moves first.
+    to_set: list[str]
+    #: Tag -> the digest it points at now, for each tag the write moves.
+    moved: dict[str, str]
+    #: An earlier attempt finished this move (source tag gone, every target at one digest).
+    already_moved: bool = False
+
+
+def read(
+    client: Any, request: PromotionRequest
+) -> tuple[dict[tuple[str, str], ecr.FetchedImage], dict[tuple[str, str], dict[str, Any]]]:
+    """One BatchGetImage for the source and every target."""
+    target_refs = [ecr.ref(tag=t) for t in request.target_tags]
+    return ecr.fetch_images(client, request.repository_name, [request.source_ref, *target_refs], request.registry_id)
+
+
+def plan(
+    request: PromotionRequest,
+    found: dict[tuple[str, str], ecr.FetchedImage],
+    failures: dict[tuple[str, str], dict[str, Any]],
+) -> PromotionPlan:
+    """Check a :func:`read` against the request (source present, guard, manifest, ``overwrite``); no call."""
     source_key = ecr.ref_key(request.source_ref)
     source = found.get(source_key)
     if source is None:
         failure = failures.get(source_key, {})
         if request.remove_source_tag and request.source_tag and _targets_converged(found, request):
-            return _already_moved(found, request, region_name, log)
+            image = found[("tag", request.target_tags[0])]
+            return PromotionPlan(request, image, list(request.target_tags), [], {}, already_moved=True)
         raise ImageNotFoundError(
-            f"{request.source_label} not found in repository {repo!r}: "
+            f"{request.source_label} not found in repository {request.repository_name!r}: "
             f"{failure.get('failureCode', 'ImageNotFound')} {failure.get('failureReason', '')}".rstrip()
         )
     if request.source_digest and source.digest != request.source_digest:
@@ -117,12 +152,23 @@ def promote(
         raise TargetExistsError(
             f"overwrite=False and target tags already point at other images: {listing}; nothing was written"
         )
+    # Moves first: in an immutable repository the first move fails before any new tag is written.
+    return PromotionPlan(request, source, unchanged, sorted(to_set, key=lambda t: t not in moved), moved)
 
+
+def write(
+    client: Any, plan: PromotionPlan, *, region_name: str, log: logging.Logger | Any = _module_log
+) -> dict[str, Any]:
+    """Carry out a :func:`plan`: one PutImage per tag to set, then the rename; returns the report."""
+    request, source = plan.request, plan.image
+    if plan.already_moved:
+        return _already_moved(plan, region_name, log)
+    repo, registry = request.repository_name, request.registry_id
+    unchanged, moved = list(plan.unchanged), dict(plan.moved)
     for tag in unchanged:
         log.info("Tag %s: already at %s", tag, source.digest)
     added = []
-    # Moves first: in an immutable repository the first move fails before any new tag is written.
-    for tag in sorted(to_set, key=lambda t: t not in moved):
+    for tag in plan.to_set:
         if ecr.put_tag(client, repo, source, tag, registry):
             added.append(tag)
             if tag in moved:
@@ -145,6 +191,24 @@ def promote(
         unchanged=sorted(unchanged, key=in_target_order),
         moved=moved,
         source_tag_removed=removed,
+    )
+
+
+def planned_report(plan: PromotionPlan, region_name: str) -> dict[str, Any]:
+    """The report :func:`write` returns if every planned write lands, without writing anything.
+
+    A roll-back of it is safe whatever part of the plan was written: a tag the write never
+    reached is still at its previous digest (or absent), which a roll-back leaves as it is.
+    """
+    in_target_order = plan.request.target_tags.index
+    return _report(
+        plan.request,
+        plan.image,
+        region_name,
+        added=sorted(plan.to_set, key=in_target_order),
+        unchanged=list(plan.unchanged),
+        moved=dict(plan.moved),
+        source_tag_removed=False,
     )
 
 
@@ -181,8 +245,8 @@ def _targets_converged(found: dict, request: PromotionRequest) -> bool:
     )
 
 
-def _already_moved(found: dict, request: PromotionRequest, region_name: str, log: Any) -> dict[str, Any]:
-    image = found[("tag", request.target_tags[0])]
+def _already_moved(plan: PromotionPlan, region_name: str, log: Any) -> dict[str, Any]:
+    request, image = plan.request, plan.image
     log.info(
         "Source tag %s is gone and every target already points at %s: an earlier attempt completed this move",
         request.source_tag,

@@ -98,25 +98,35 @@ def optional(check: Any, value: Any, field: str) -> Any:
     return None if value is None else check(value, field)
 
 
-def _rendered_list(value: Any) -> Any:
-    """A list rendered to text by a non-native Jinja template ("['v1', 'prod']" or JSON), parsed back.
+def _rendered(value: Any, *, kinds: tuple[type, ...] = (list,)) -> Any:
+    """A list (or dict) rendered to text by a non-native Jinja template, parsed back.
 
-    No tag can start with '[', so such a string is never a single tag.
+    Jinja renders ``['v1', 'prod']`` or ``[{'digest': ...}]`` as Python-literal text; a template
+    may also produce JSON. Both are parsed safely (``json.loads``, then ``ast.literal_eval``,
+    which evaluates no code). No tag or glob starts with '[' or '{', so such a string is never
+    a single value.
     """
-    if isinstance(value, str) and value.strip().startswith("["):
+    openers = {list: "[", dict: "{"}
+    if isinstance(value, str) and value.strip()[:1] in {openers[kind] for kind in kinds}:
         for parse in (json.loads, ast.literal_eval):
             try:
                 parsed = parse(value)
-            except (ValueError, SyntaxError):
+            except (ValueError, SyntaxError, RecursionError):
                 continue
-            if isinstance(parsed, list):
+            if isinstance(parsed, kinds):
                 return parsed
     return value
 
 
+def source(source_tag: str | None, source_digest: str | None, field: str = "source_tag") -> None:
+    """An image to promote is named by its tag, its digest, or both (then the tag must point at the digest)."""
+    if source_tag is None and source_digest is None:
+        raise InvalidInputError(field, "give source_tag, source_digest, or both (guard)", None)
+
+
 def tag_list(value: Any, field: str, *, max_items: int | None = None) -> list[str]:
     """One tag or a list of tags: non-empty, valid, without repeats."""
-    value = _rendered_list(value)
+    value = _rendered(value)
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)):
         raise InvalidInputError(field, "must be a tag or a list of tags", value)
@@ -135,8 +145,130 @@ def patterns(value: Any, field: str) -> list[str]:
     """A glob or a list of globs (possibly empty)."""
     if value is None:
         return []
-    value = _rendered_list(value)
+    value = _rendered(value)
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(p, str) and p for p in items):
         raise InvalidInputError(field, "must be a glob pattern or a list of non-empty glob patterns", value)
     return list(items)
+
+
+#: The keys of an ``images`` entry of a release.
+RELEASE_IMAGE_KEYS = ("repository_name", "source_tag", "source_digest")
+
+
+def release_images(value: Any, field: str = "images") -> list[dict[str, str | None]]:
+    """The images of a release: a non-empty list of ``{repository_name, source_tag and/or source_digest}``
+    (or its JSON text), one per repository."""
+    value = _rendered(value)
+    if not isinstance(value, (list, tuple)):
+        raise InvalidInputError(
+            field, "must be a list of dicts with repository_name and source_tag and/or source_digest", value
+        )
+    if not value:
+        raise InvalidInputError(field, "must name at least one image", value)
+    entries = []
+    for i, raw in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(raw, dict):
+            raise InvalidInputError(
+                where, "must be a dict with repository_name and source_tag and/or source_digest", raw
+            )
+        unknown = sorted(map(str, set(raw) - set(RELEASE_IMAGE_KEYS)))
+        if unknown:
+            raise InvalidInputError(
+                where,
+                f"unknown keys {', '.join(map(repr, unknown))}; allowed: {', '.join(RELEASE_IMAGE_KEYS)}",
+                raw,
+            )
+        if "repository_name" not in raw:
+            raise InvalidInputError(f"{where}.repository_name", "is required", raw)
+        entry = {
+            "repository_name": repository_name(raw["repository_name"], f"{where}.repository_name"),
+            "source_tag": optional(tag, raw.get("source_tag"), f"{where}.source_tag"),
+            "source_digest": optional(digest, raw.get("source_digest"), f"{where}.source_digest"),
+        }
+        source(entry["source_tag"], entry["source_digest"], f"{where}.source_tag")
+        entries.append(entry)
+    names = [e["repository_name"] for e in entries]
+    repeats = sorted({n for n in names if names.count(n) > 1})
+    if repeats:
+        raise InvalidInputError(
+            field, f"must name each repository once (one image per repository): {', '.join(repeats)} repeated", value
+        )
+    return entries
+
+
+#: What makes a dict a promotion report (EcrRetagOperator's ``promotion`` XCom) for a roll-back.
+PROMOTION_REPORT_KEYS = ("repository_name", "digest", "added", "moved")
+
+
+def promotion_reports(value: Any, field: str = "promotions") -> list[dict[str, Any]]:
+    """One promotion report or a list of them (or their JSON / Python-literal text, as a non-native
+    Jinja template renders an XCom), each checked to be a report; no tag of a repository in two."""
+    value = _rendered(value, kinds=(list, dict))
+    if value is None or value == "None":
+        raise InvalidInputError(
+            field,
+            "is empty: no promotion report arrived (check the task_ids and key of the xcom_pull that renders it)",
+            value,
+        )
+    single = isinstance(value, dict)
+    if not single and not isinstance(value, (list, tuple)):
+        raise InvalidInputError(
+            field,
+            "must be a promotion report (EcrRetagOperator's promotion XCom), a list of them "
+            "(EcrReleaseOperator's release XCom), or their JSON text",
+            value,
+        )
+    reports = [
+        _promotion_report(raw, field if single else f"{field}[{i}]")
+        for i, raw in enumerate([value] if single else value)
+    ]
+    first_seen: dict[tuple[str | None, str, str], int] = {}
+    for i, report in enumerate(reports):
+        for tag_name in report["added"]:
+            key = (report["registry_id"], report["repository_name"], tag_name)
+            if key in first_seen:
+                raise InvalidInputError(
+                    field,
+                    f"tag {tag_name!r} of {report['repository_name']} is in promotions[{first_seen[key]}] and "
+                    f"promotions[{i}]: roll back one promotion of a tag at a time, the latest first",
+                    show_value=False,
+                )
+            first_seen[key] = i
+    return reports
+
+
+def _promotion_report(raw: Any, where: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise InvalidInputError(where, "is not a promotion report: must be a dict", raw)
+    missing = [key for key in PROMOTION_REPORT_KEYS if key not in raw]
+    if missing:
+        raise InvalidInputError(
+            where,
+            f"is not a promotion report: missing {', '.join(map(repr, missing))} "
+            f"(it has {', '.join(map(repr, sorted(map(str, raw)))) or 'no keys'})",
+            show_value=False,
+        )
+    added, moved = raw["added"], raw["moved"]
+    if not isinstance(added, (list, tuple)):
+        raise InvalidInputError(f"{where}.added", "must be a list of the tags the promotion set", added)
+    if not isinstance(moved, dict):
+        raise InvalidInputError(f"{where}.moved", "must map each moved tag to its previous digest", moved)
+    added = [tag(t, f"{where}.added[{j}]") for j, t in enumerate(added)]
+    for tag_name, previous in moved.items():
+        tag(tag_name, f"{where}.moved")
+        digest(previous, f"{where}.moved[{tag_name}]")
+        if tag_name not in added:
+            raise InvalidInputError(
+                f"{where}.moved",
+                f"names {tag_name!r}, which is not in added: a moved tag is one the promotion set",
+                moved,
+            )
+    return {
+        "repository_name": repository_name(raw["repository_name"], f"{where}.repository_name"),
+        "registry_id": registry_id(raw.get("registry_id") or None, f"{where}.registry_id"),
+        "digest": digest(raw["digest"], f"{where}.digest"),
+        "added": added,
+        "moved": dict(moved),
+    }

@@ -8,6 +8,8 @@ from airflow_ecr_retag._lazy import lazy_exports
 
 EXPORTS = {
     "EcrRetagOperator": "airflow_ecr_retag.operators.retag",
+    "EcrReleaseOperator": "airflow_ecr_retag.operators.release",
+    "EcrRollbackOperator": "airflow_ecr_retag.operators.rollback",
     "EcrTagHygieneOperator": "airflow_ecr_retag.operators.hygiene",
 }
 __all__ = list(EXPORTS)
@@ -15,4 +17,6 @@ __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)
 
 if TYPE_CHECKING:
     from airflow_ecr_retag.operators.hygiene import EcrTagHygieneOperator
+    from airflow_ecr_retag.operators.release import EcrReleaseOperator
     from airflow_ecr_retag.operators.retag import EcrRetagOperator
+    from airflow_ecr_retag.operators.rollback import EcrRollbackOperator
