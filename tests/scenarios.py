@@ -1,8 +1,8 @@
-"""One representative task per operator (and the sensor), with its seed, for the reliability suite.
+"""One representative task per operator (and sensor), with its seed, for the reliability suite.
 
 Each scenario seeds a fresh repository of the double, then runs the task. Between them they
 make every ECR call the package makes: BatchGetImage, PutImage, DescribeImages (paginated
-and by digest) and BatchDeleteImage.
+and by digest), BatchDeleteImage, DescribeImageScanFindings and StartImageScan.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from helpers import make_context
 
-from airflow_ecr_retag.testing import EcrDouble, build_image
+from airflow_ecr_retag.testing import EcrDouble, Vulnerability, build_image
 
 REPO = "team/app"
 EPOCH = datetime(2026, 11, 1, tzinfo=UTC)
@@ -85,8 +85,31 @@ def run_hygiene() -> Any:
     ).execute(make_context())
 
 
+def seed_scan_gate(ecr: EcrDouble) -> None:
+    ecr.create_repository(REPO)
+    digest = ecr.push(REPO, build_image("oci", "built"), ["sha-1"], pushed_at=EPOCH)
+    ecr.add_findings(REPO, digest, [Vulnerability("CVE-2024-0001", "MEDIUM", "openssl", "3.0.2")])
+
+
+def run_scan_gate() -> Any:
+    from airflow_ecr_retag import EcrImageScanSensor
+
+    # No scan yet: the gate starts one (StartImageScan), then reads it (DescribeImageScanFindings).
+    return EcrImageScanSensor(
+        task_id="scan_gate",
+        repository_name=REPO,
+        image_tag="sha-1",
+        max_findings={"CRITICAL": 0, "HIGH": 0},
+        start_scan=True,
+        poke_interval=0.01,
+        timeout=30,
+        **RETRYING,
+    ).execute(make_context())
+
+
 SCENARIOS = [
     Scenario("retag", seed_retag, run_retag),
     Scenario("sensor", seed_sensor, run_sensor),
     Scenario("hygiene", seed_hygiene, run_hygiene),
+    Scenario("scan_gate", seed_scan_gate, run_scan_gate),
 ]

@@ -1,4 +1,4 @@
-"""Bad input table: across every operator and the sensor, rendered through Jinja as in a DAG run.
+"""Bad input table: across every operator and sensor, rendered through Jinja as in a DAG run.
 
 Each case names the expected error class and the field its message must start with, and
 asserts that the double saw zero ECR write calls (zero calls at all for input errors).
@@ -12,7 +12,7 @@ import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException
 from helpers import AWS, make_context
 
-from airflow_ecr_retag import EcrRetagOperator, EcrTagHygieneOperator, EcrTagSensor
+from airflow_ecr_retag import EcrImageScanSensor, EcrRetagOperator, EcrTagHygieneOperator, EcrTagSensor
 from airflow_ecr_retag.exceptions import InvalidInputError
 from airflow_ecr_retag.testing import build_image
 
@@ -22,10 +22,12 @@ HEX = "0123456789abcdef" * 4
 RETAG = {"repository_name": REPO, "source_tag": "sha-1", "target_tags": ["v1", "prod"]}
 SENSOR = {"repository_name": REPO, "tag": "sha-1", "poke_interval": 0.01, "timeout": 5}
 HYGIENE = {"repository_name": REPO, "rules": [{"tag_pattern": "latest"}]}
+SCAN_GATE = {"repository_name": REPO, "image_tag": "sha-1", "max_findings": {"CRITICAL": 0}, "timeout": 5}
 KINDS = {
     "retag": (EcrRetagOperator, RETAG),
     "sensor": (EcrTagSensor, SENSOR),
     "hygiene": (EcrTagHygieneOperator, HYGIENE),
+    "scan_gate": (EcrImageScanSensor, SCAN_GATE),
 }
 
 # (operator, overrides, params for Jinja, field the message names)
@@ -84,6 +86,28 @@ CASES = [
     ("hygiene", {"rules": [{"tag_pattern": "pr-*", "older_than_days": -0.5}]}, {}, "rules[0].older_than_days"),
     ("hygiene", {"protect": ["v*", 3]}, {}, "protect"),
     ("hygiene", {"allow_image_deletion": "yes"}, {}, "allow_image_deletion"),
+    # the scan gate: severities, counts, the image reference, the filters
+    ("scan_gate", {"max_findings": {"CRTICAL": 0}}, {}, "max_findings"),
+    ("scan_gate", {"max_findings": {"critical": 0}}, {}, "max_findings"),
+    ("scan_gate", {"max_findings": {"HIGH": -1}}, {}, "max_findings.HIGH"),
+    ("scan_gate", {"max_findings": {"HIGH": 1.5}}, {}, "max_findings.HIGH"),
+    ("scan_gate", {"max_findings": {"HIGH": True}}, {}, "max_findings.HIGH"),
+    ("scan_gate", {"max_findings": {"HIGH": "{{ params.n }}"}}, {"n": "0"}, "max_findings.HIGH"),
+    ("scan_gate", {"max_findings": "{{ params.max }}"}, {"max": '{"LOW": -3}'}, "max_findings.LOW"),
+    ("scan_gate", {"max_findings": ["CRITICAL"]}, {}, "max_findings"),
+    ("scan_gate", {"image_digest": "sha256:" + HEX}, {}, "image_tag"),
+    ("scan_gate", {"image_tag": None}, {}, "image_digest"),
+    ("scan_gate", {"image_tag": None, "image_digest": "sha256:" + HEX[:63]}, {}, "image_digest"),
+    (
+        "scan_gate",
+        {"image_tag": None, "image_digest": "{{ params.d }}"},
+        {"d": "sha256:" + HEX.upper()},
+        "image_digest",
+    ),
+    ("scan_gate", {"image_tag": "{{ params.tag }}"}, {"tag": "sha 1"}, "image_tag"),
+    ("scan_gate", {"ignore_findings": ["CVE-2024-0001", ""]}, {}, "ignore_findings[1]"),
+    ("scan_gate", {"only_fixable": "yes"}, {}, "only_fixable"),
+    ("scan_gate", {"start_scan": 1}, {}, "start_scan"),
 ]
 
 

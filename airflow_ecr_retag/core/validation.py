@@ -13,6 +13,7 @@ from typing import Any
 
 from airflow_ecr_retag.core.errors import InvalidInputError
 from airflow_ecr_retag.core.limits import (
+    FINDING_SEVERITIES,
     MAX_IMAGE_IDS,
     MAX_REPOSITORY_NAME_CHARS,
     MAX_TAG_CHARS,
@@ -103,13 +104,18 @@ def _rendered_list(value: Any) -> Any:
 
     No tag can start with '[', so such a string is never a single tag.
     """
-    if isinstance(value, str) and value.strip().startswith("["):
+    return _rendered(value, "[", list)
+
+
+def _rendered(value: Any, opener: str, kind: type) -> Any:
+    """A ``kind`` (list, dict) rendered to text by a non-native Jinja template, parsed back; else ``value``."""
+    if isinstance(value, str) and value.strip().startswith(opener):
         for parse in (json.loads, ast.literal_eval):
             try:
                 parsed = parse(value)
             except (ValueError, SyntaxError):
                 continue
-            if isinstance(parsed, list):
+            if isinstance(parsed, kind):
                 return parsed
     return value
 
@@ -140,3 +146,41 @@ def patterns(value: Any, field: str) -> list[str]:
     if not isinstance(items, (list, tuple)) or not all(isinstance(p, str) and p for p in items):
         raise InvalidInputError(field, "must be a glob pattern or a list of non-empty glob patterns", value)
     return list(items)
+
+
+def exactly_one(first: tuple[str, Any], second: tuple[str, Any]) -> None:
+    """Exactly one of two alternative parameters is set (``(name, value)`` each); names the one to fix."""
+    (first_name, first_value), (second_name, second_value) = first, second
+    if first_value is None and second_value is None:
+        raise InvalidInputError(first_name, f"give {first_name} or {second_name}", None)
+    if first_value is not None and second_value is not None:
+        raise InvalidInputError(second_name, f"give {first_name} or {second_name}, not both", second_value)
+
+
+def severity_thresholds(value: Any, field: str = "max_findings") -> dict[str, int]:
+    """Severity -> allowed count (a dict, or its JSON text from a template): ECR's severities,
+    counts that are whole numbers of at least 0."""
+    value = _rendered(value, "{", dict)
+    if not isinstance(value, dict):
+        raise InvalidInputError(field, "must be a dict of severity -> allowed count, e.g. {'CRITICAL': 0}", value)
+    thresholds: dict[str, int] = {}
+    for severity, count in value.items():
+        if severity not in FINDING_SEVERITIES:
+            raise InvalidInputError(
+                field, f"unknown severity {severity!r}: the severities are {', '.join(FINDING_SEVERITIES)}", value
+            )
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise InvalidInputError(f"{field}.{severity}", "must be a whole number of findings, 0 or more", count)
+        thresholds[severity] = count
+    return thresholds
+
+
+def finding_names(value: Any, field: str) -> tuple[str, ...]:
+    """Finding names (CVE ids): one, a list (or its rendered text), or None for none."""
+    if value is None:
+        return ()
+    value = _rendered_list(value)
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple, set, frozenset)):
+        raise InvalidInputError(field, "must be a finding name (a CVE id) or a list of them", value)
+    return tuple(_text(f"{field}[{i}]", item) for i, item in enumerate(items))
