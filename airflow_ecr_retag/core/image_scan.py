@@ -437,16 +437,14 @@ def judge(gate: ScanGate, image: ResolvedImage, scans: list[TargetScan], log: An
                 scan.target.label(gate.repository_name),
             )
     report = _report(gate, image, judged)
-    blocking = [
-        (scan.target, finding)
-        for scan, evaluation in judged
-        for finding in evaluation.counted
-        if finding.severity in exceeded(gate, evaluation.counts)
-    ]
+    blocking: list[tuple[ScanTarget, Finding]] = []
+    over: dict[str, int] = {}
+    for scan, evaluation in judged:
+        severities = exceeded(gate, evaluation.counts)
+        blocking += [(scan.target, f) for f in evaluation.counted if f.severity in severities]
+        for severity, count in severities.items():
+            over[severity] = max(over.get(severity, 0), count)
     if blocking:
-        over = {
-            s: max(e.counts[s] for _, e in judged) for s in {s for _, e in judged for s in exceeded(gate, e.counts)}
-        }
         limits = ", ".join(f"{s} {n} > {gate.max_findings[s]}" for s, n in sorted(over.items(), key=_rank))
         table = blocking_table(blocking)
         report = {**report, "passed": False, "blocking_total": len(blocking)}
