@@ -20,8 +20,9 @@ _OPERATORS = {
 }
 _SENSORS = {
     "EcrTagSensor": "airflow_ecr_retag.sensors.tag_sensor",
+    "EcrImageScanSensor": "airflow_ecr_retag.sensors.image_scan_sensor",
 }
-_TRIGGERS = ["airflow_ecr_retag.triggers.tag"]
+_TRIGGERS = ["airflow_ecr_retag.triggers.tag", "airflow_ecr_retag.triggers.image_scan_trigger"]
 _EXPORTS = {**_OPERATORS, **_SENSORS}
 
 __all__ = [*_EXPORTS, "get_provider_info", "__version__"]
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from airflow_ecr_retag.operators.release import EcrReleaseOperator
     from airflow_ecr_retag.operators.retag import EcrRetagOperator
     from airflow_ecr_retag.operators.rollback import EcrRollbackOperator
+    from airflow_ecr_retag.sensors.image_scan_sensor import EcrImageScanSensor
     from airflow_ecr_retag.sensors.tag_sensor import EcrTagSensor
 
 

@@ -71,6 +71,16 @@ class ReleaseFailedError(EcrRetagError, core.ReleaseFailedError):
 
 class RollbackIncompleteError(EcrRetagError, core.RollbackIncompleteError):
     """Some tags could not be put back (immutable, previous image gone, ...); the report names them."""
+class ScanFailedError(EcrRetagError, core.ScanFailedError):
+    """The image's scan ended without findings to judge, or cannot be run (``status``)."""
+
+
+class ScanLimitExceededError(EcrRetagError, core.ScanLimitExceededError):
+    """StartImageScan refused: a basic scan runs once per image per 24 hours, a scan on push included."""
+
+
+class ScanThresholdExceededError(EcrRetagError, core.ScanThresholdExceededError):
+    """The scan found more findings of a severity than allowed (``report``; the message has the table)."""
 
 
 #: Each core error class and its twin (a core class without one fails the suite's check).

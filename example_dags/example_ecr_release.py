@@ -1,11 +1,13 @@
-"""Release promotion: wait for CI's ``sha-<commit>`` image, test it by digest, promote exactly that digest.
+"""Release promotion: wait for CI's ``sha-<commit>`` image, test it by digest, gate it on its scan, promote that digest.
 
 CI pushes ``sha-<commit>``. The sensor waits for it and hands over the digest; the test task
-runs against that digest, so what was tested is what gets promoted. ``EcrRetagOperator``
-then adds the version tag and ``prod`` to that image with both ``source_tag`` and
-``source_digest`` set: if someone re-pushed ``sha-<commit>`` in between, nothing is written
-and the task fails. The deploy task uses the ``image_uri`` by digest from the ``promotion``
-XCom, never a mutable tag.
+runs against that digest, so what was tested is what gets promoted. The scan gate
+(``EcrImageScanSensor``) waits for ECR's vulnerability scan of that same digest (every
+platform image of a multi-arch index) and fails, naming the blocking findings, if it has a
+CRITICAL or HIGH one: then nothing is promoted. ``EcrRetagOperator`` adds the version tag and
+``prod`` to that image with both ``source_tag`` and ``source_digest`` set: if someone re-pushed
+``sha-<commit>`` in between, nothing is written and the task fails. The deploy task uses the
+``image_uri`` by digest from the ``promotion`` XCom, never a mutable tag.
 
 Trigger with ``{"sha": "...", "version": "v1.4.2"}``. Against real AWS, set the
 ``aws_default`` connection (or the usual AWS environment) and ``repository``.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import DAG, Param, task
 
-from airflow_ecr_retag import EcrRetagOperator, EcrTagSensor
+from airflow_ecr_retag import EcrImageScanSensor, EcrRetagOperator, EcrTagSensor
 
 with DAG(
     dag_id="example_ecr_release",
@@ -64,6 +66,15 @@ with DAG(
 
     tested_digest = test_image(wait_for_build.output)
 
+    scan_gate = EcrImageScanSensor(
+        task_id="scan_gate",
+        repository_name="{{ params.repository }}",
+        image_digest=tested_digest,
+        max_findings={"CRITICAL": 0, "HIGH": 0},
+        poke_interval=30,
+        timeout=60 * 60,
+    )
+
     promote = EcrRetagOperator(
         task_id="promote",
         repository_name="{{ params.repository }}",
@@ -79,4 +90,4 @@ with DAG(
         print(f"Deploying {promotion['image_uri']} (tags now set: {', '.join(promotion['added']) or 'none'})")
         return promotion["image_uri"]
 
-    promote >> deploy()
+    scan_gate >> promote >> deploy()

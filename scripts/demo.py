@@ -1,11 +1,13 @@
 """The main job: the example DAGs in a real Airflow, against the ECR double's HTTP server.
 
 1. start the ECR double as a server on 127.0.0.1;
-2. seed ``team/app``: a multi-arch OCI index built by "CI" as ``sha-<commit>``, the previous
-   release, a history of ``sha-*`` builds, ``latest`` and old ``pr-*`` tags;
+2. seed ``team/app`` (scan on push): a multi-arch OCI index built by "CI" as ``sha-<commit>``,
+   with a few MEDIUM and LOW findings on its platform images, the previous release, a history
+   of ``sha-*`` builds, ``latest`` and old ``pr-*`` tags;
 3. set up a throwaway Airflow home with SQLite (``airflow db migrate``);
-4. run ``airflow dags test`` on the release DAG, the deferrable prod gate and the hygiene DAG,
-   with ``AWS_ENDPOINT_URL_ECR`` pointing at the double;
+4. run ``airflow dags test`` on the release DAG (its scan gate passes: no CRITICAL or HIGH
+   finding), the deferrable prod gate and the hygiene DAG, with ``AWS_ENDPOINT_URL_ECR``
+   pointing at the double;
 5. print the tags and digests before and after, and the hygiene report;
 6. run the release-set DAG (``team/api``, ``team/worker``, ``team/migrate`` as one release) with
    a deploy that fails, and show its roll-back to exactly the previous digests.
@@ -24,7 +26,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from airflow_ecr_retag.testing import EcrDouble, build_image
+from airflow_ecr_retag.testing import EcrDouble, Vulnerability, build_image
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO = "team/app"
@@ -35,7 +37,7 @@ RELEASE_SET = ["team/api", "team/worker", "team/migrate"]
 
 def seed(ecr: EcrDouble) -> dict[str, str]:
     now = datetime.now(UTC)
-    ecr.create_repository(REPO)
+    ecr.create_repository(REPO, scan_on_push=True)
     ecr.push(REPO, build_image("oci", "v1.4.1"), ["v1.4.1", "prod", "stable"], pushed_at=now - timedelta(days=30))
     for i in range(24):
         ecr.push(
@@ -49,6 +51,18 @@ def seed(ecr: EcrDouble) -> dict[str, str]:
     ecr.push(REPO, build_image("oci", "pr-97"), ["pr-97"], pushed_at=now - timedelta(days=2))
     release = build_image("oci-index", "release")
     ecr.push(REPO, release, [f"sha-{COMMIT}", "latest"], pushed_at=now - timedelta(minutes=5))
+    # What the scans on push of its two platform images found: nothing the release gate blocks.
+    amd64, arm64 = (child.digest for child in release.children)
+    ecr.add_findings(REPO, amd64, [Vulnerability("CVE-2023-4039", "LOW", "gcc-12", "12.2.0-14")])
+    ecr.add_findings(
+        REPO,
+        arm64,
+        [
+            Vulnerability("CVE-2023-4039", "LOW", "gcc-12", "12.2.0-14"),
+            Vulnerability("CVE-2024-2236", "MEDIUM", "libgcrypt20", "1.10.1-3", score=5.9),
+            Vulnerability("CVE-2023-50495", "MEDIUM", "ncurses", "6.4-4", fixed_in="6.4-4+deb12u1", score=6.5),
+        ],
+    )
     for i, repo in enumerate(RELEASE_SET):
         ecr.create_repository(repo)
         ecr.push(repo, build_image("oci", f"{repo}-v1.4.1"), ["v1.4.1", "prod"], pushed_at=now - timedelta(days=30))
@@ -73,6 +87,10 @@ def table(stages: list[tuple[str, dict[str, str]]]) -> str:
 
 def short(digest: str | None) -> str:
     return "-" if digest is None else digest[:19]
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {severity}" for severity, n in counts.items() if n) or "no findings"
 
 
 def airflow_env(ecr: EcrDouble, home: Path) -> dict[str, str]:
@@ -224,17 +242,23 @@ def main() -> int:
         print(f"4. Release team: airflow dags test example_ecr_release  (sha={COMMIT}, version={VERSION})")
         first_request = len(ecr.requests)
         airflow(env, log, "dags", "test", "example_ecr_release", "-c", json.dumps({"sha": COMMIT, "version": VERSION}))
+        print(f"   sensor found sha-{COMMIT} at {short(str(xcom(env, 'example_ecr_release', 'wait_for_build')))}")
+        gate_report = xcom(env, "example_ecr_release", "scan_gate")
+        assert isinstance(gate_report, dict)
+        platforms = "; ".join(
+            f"{i['platform']} {i['scan_status']}: {counts_text(i['severity_counts'])}" for i in gate_report["images"]
+        )
+        print(
+            f"   scan gate passed for {short(gate_report['digest'])} within {gate_report['max_findings']}: {platforms}"
+        )
         promotion = xcom(env, "example_ecr_release", "promote", "promotion")
         moved = [f"{t} from {short(d)}" for t, d in promotion["moved"].items()]
-        print(
-            f"   sensor found sha-{COMMIT} at {short(str(xcom(env, 'example_ecr_release', 'wait_for_build')))}; "
-            f"promoted: added {promotion['added']}, moved {moved}"
-        )
+        print(f"   promoted: added {promotion['added']}, moved {moved}")
         print(f"   deploy used {xcom(env, 'example_ecr_release', 'deploy')}")
         release_calls = Counter(c.operation for c in ecr.requests[first_request:] if not is_prod_poll(c))
         print(
             f"   ECR calls made by the release DAG run: {dict(release_calls)} "
-            "(3 reads: sensor, test, promote; 2 PutImage)"
+            "(BatchGetImage: sensor, test, gate, promote; a DescribeImageScanFindings per platform; 2 PutImage)"
         )
         after_release = ecr.tags(REPO)
         if gate.wait(timeout=120) != 0:

@@ -1,9 +1,9 @@
-"""One representative task per operator (and the sensor), with its seed, for the reliability suite.
+"""One representative task per operator (and sensor), with its seed, for the reliability suite.
 
 Each scenario seeds fresh repositories of the double (``repositories``: the ones whose state the
 suite checks), then runs the task. Between them they make every ECR call the package makes:
 BatchGetImage, PutImage, DescribeImages (paginated and by digest), BatchDeleteImage and
-DescribeRepositories.
+DescribeRepositories, DescribeImageScanFindings and StartImageScan.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from helpers import make_context
 
-from airflow_ecr_retag.testing import EcrDouble, build_image
+from airflow_ecr_retag.testing import EcrDouble, Vulnerability, build_image
 
 REPO = "team/app"
 EPOCH = datetime(2026, 11, 1, tzinfo=UTC)
@@ -109,6 +109,28 @@ def run_release() -> Any:
     ).execute(make_context())
 
 
+def seed_scan_gate(ecr: EcrDouble) -> None:
+    ecr.create_repository(REPO)
+    digest = ecr.push(REPO, build_image("oci", "built"), ["sha-1"], pushed_at=EPOCH)
+    ecr.add_findings(REPO, digest, [Vulnerability("CVE-2024-0001", "MEDIUM", "openssl", "3.0.2")])
+
+
+def run_scan_gate() -> Any:
+    from airflow_ecr_retag import EcrImageScanSensor
+
+    # No scan yet: the gate starts one (StartImageScan), then reads it (DescribeImageScanFindings).
+    return EcrImageScanSensor(
+        task_id="scan_gate",
+        repository_name=REPO,
+        image_tag="sha-1",
+        max_findings={"CRITICAL": 0, "HIGH": 0},
+        start_scan=True,
+        poke_interval=0.01,
+        timeout=30,
+        **RETRYING,
+    ).execute(make_context())
+
+
 PREVIOUS = build_image("oci", "previous")
 PROMOTED = build_image("oci-index", "candidate")
 
@@ -140,4 +162,5 @@ SCENARIOS = [
     Scenario("hygiene", seed_hygiene, run_hygiene),
     Scenario("release", seed_release, run_release, RELEASE_REPOS),
     Scenario("rollback", seed_rollback, run_rollback),
+    Scenario("scan_gate", seed_scan_gate, run_scan_gate),
 ]

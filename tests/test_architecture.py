@@ -51,12 +51,15 @@ def test_the_trigger_class_path_stored_in_trigger_rows_keeps_working():
         ("airflow_ecr_retag", "EcrRollbackOperator"),
         ("airflow_ecr_retag", "EcrTagHygieneOperator"),
         ("airflow_ecr_retag", "EcrTagSensor"),
+        ("airflow_ecr_retag", "EcrImageScanSensor"),
         ("airflow_ecr_retag.operators", "EcrRetagOperator"),
         ("airflow_ecr_retag.operators", "EcrReleaseOperator"),
         ("airflow_ecr_retag.operators", "EcrRollbackOperator"),
         ("airflow_ecr_retag.operators", "EcrTagHygieneOperator"),
         ("airflow_ecr_retag.sensors", "EcrTagSensor"),
+        ("airflow_ecr_retag.sensors", "EcrImageScanSensor"),
         ("airflow_ecr_retag.triggers", "EcrTagTrigger"),
+        ("airflow_ecr_retag.triggers", "EcrImageScanTrigger"),
     ],
 )
 def test_each_class_is_exported_from_its_layer_package(package, name):

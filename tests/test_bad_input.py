@@ -1,4 +1,4 @@
-"""Bad input table: across every operator and the sensor, rendered through Jinja as in a DAG run.
+"""Bad input table: across every operator and sensor, rendered through Jinja as in a DAG run.
 
 Each case names the expected error class and the field its message must start with, and
 asserts that the double saw zero ECR write calls (zero calls at all for input errors).
@@ -13,6 +13,7 @@ from airflow.providers.common.compat.sdk import AirflowFailException
 from helpers import AWS, make_context
 
 from airflow_ecr_retag import (
+    EcrImageScanSensor,
     EcrReleaseOperator,
     EcrRetagOperator,
     EcrRollbackOperator,
@@ -37,12 +38,14 @@ PROMOTION = {
     "moved": {"prod": "sha256:" + HEX[::-1]},
 }
 ROLLBACK = {"promotions": [PROMOTION]}
+SCAN_GATE = {"repository_name": REPO, "image_tag": "sha-1", "max_findings": {"CRITICAL": 0}, "timeout": 5}
 KINDS = {
     "retag": (EcrRetagOperator, RETAG),
     "sensor": (EcrTagSensor, SENSOR),
     "hygiene": (EcrTagHygieneOperator, HYGIENE),
     "release": (EcrReleaseOperator, RELEASE),
     "rollback": (EcrRollbackOperator, ROLLBACK),
+    "scan_gate": (EcrImageScanSensor, SCAN_GATE),
 }
 
 # (operator, overrides, params for Jinja, field the message names)
@@ -145,6 +148,28 @@ CASES = [
     ("rollback", {"promotions": {**PROMOTION, "moved": {"v2": "sha256:" + HEX}}}, {}, "promotions.moved"),
     ("rollback", {"promotions": [PROMOTION, PROMOTION]}, {}, "promotions"),
     ("rollback", {"remove_added_tags": "true"}, {}, "remove_added_tags"),
+    # the scan gate: severities, counts, the image reference, the filters
+    ("scan_gate", {"max_findings": {"CRTICAL": 0}}, {}, "max_findings"),
+    ("scan_gate", {"max_findings": {"critical": 0}}, {}, "max_findings"),
+    ("scan_gate", {"max_findings": {"HIGH": -1}}, {}, "max_findings.HIGH"),
+    ("scan_gate", {"max_findings": {"HIGH": 1.5}}, {}, "max_findings.HIGH"),
+    ("scan_gate", {"max_findings": {"HIGH": True}}, {}, "max_findings.HIGH"),
+    ("scan_gate", {"max_findings": {"HIGH": "{{ params.n }}"}}, {"n": "0"}, "max_findings.HIGH"),
+    ("scan_gate", {"max_findings": "{{ params.max }}"}, {"max": '{"LOW": -3}'}, "max_findings.LOW"),
+    ("scan_gate", {"max_findings": ["CRITICAL"]}, {}, "max_findings"),
+    ("scan_gate", {"image_digest": "sha256:" + HEX}, {}, "image_tag"),
+    ("scan_gate", {"image_tag": None}, {}, "image_digest"),
+    ("scan_gate", {"image_tag": None, "image_digest": "sha256:" + HEX[:63]}, {}, "image_digest"),
+    (
+        "scan_gate",
+        {"image_tag": None, "image_digest": "{{ params.d }}"},
+        {"d": "sha256:" + HEX.upper()},
+        "image_digest",
+    ),
+    ("scan_gate", {"image_tag": "{{ params.tag }}"}, {"tag": "sha 1"}, "image_tag"),
+    ("scan_gate", {"ignore_findings": ["CVE-2024-0001", ""]}, {}, "ignore_findings[1]"),
+    ("scan_gate", {"only_fixable": "yes"}, {}, "only_fixable"),
+    ("scan_gate", {"start_scan": 1}, {}, "start_scan"),
 ]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_ecr_retag.testing import build_image
+from airflow_ecr_retag.testing import Vulnerability, build_image
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_dags"
 REPO = "team/app"
@@ -44,7 +44,8 @@ def test_every_example_dag_imports_without_errors(dagbag):
 @pytest.fixture
 def served(ecr_double_server, airflow_db, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", '{"conn_type": "aws"}')
-    ecr_double_server.create_repository(REPO)
+    # Scan on push, as a release repository would have it: every image pushed gets a finished, clean scan.
+    ecr_double_server.create_repository(REPO, scan_on_push=True)
     return ecr_double_server
 
 
@@ -70,8 +71,13 @@ def test_release_dag_promotes_the_tested_digest(served, dagbag):
     digest = served.push(REPO, index, ["sha-0123abcd"])
     old_prod = served.push(REPO, build_image("oci", "previous"), ["prod", "v1.4.1"])
     dag_run = dagbag.get_dag("example_ecr_release").test(run_conf={"sha": "0123abcd", "version": "v1.4.2"})
-    assert states(dag_run) == dict.fromkeys(["wait_for_build", "test_image", "promote", "deploy"], "success")
+    assert states(dag_run) == dict.fromkeys(
+        ["wait_for_build", "test_image", "scan_gate", "promote", "deploy"], "success"
+    )
     assert xcom(dag_run, "wait_for_build") == digest
+    gate = xcom(dag_run, "scan_gate")
+    assert gate["digest"] == digest and gate["severity_counts"]["CRITICAL"] == gate["severity_counts"]["HIGH"] == 0
+    assert [i["digest"] for i in gate["images"]] == [c.digest for c in index.children]
     assert xcom(dag_run, "promote") == digest
     promotion = xcom(dag_run, "promote", "promotion")
     assert promotion["added"] == ["v1.4.2", "prod"] and promotion["moved"] == {"prod": old_prod}
@@ -146,6 +152,29 @@ def test_release_set_dag_skips_the_rollback_when_the_deploy_succeeds(served, dag
         f"123456789012.dkr.ecr.us-east-1.amazonaws.com/{repo}@{candidates[repo]}" for repo in RELEASE_SET
     ]
     assert served.calls["PutImage"] == 6 and served.calls["BatchDeleteImage"] == 0
+
+
+def test_release_dag_gate_blocks_an_image_with_a_critical_finding(served, dagbag):
+    index = build_image("oci-index", "vulnerable")
+    digest = served.push(REPO, index, ["sha-bad"])
+    old_prod = served.push(REPO, build_image("oci", "previous"), ["prod"])
+    arm64 = index.children[1].digest
+    served.add_findings(
+        REPO, arm64, [Vulnerability("CVE-2024-3094", "CRITICAL", "xz-utils", "5.6.0", fixed_in="5.6.1", score=10.0)]
+    )
+    dag_run = dagbag.get_dag("example_ecr_release").test(run_conf={"sha": "bad", "version": "v9"})
+    assert states(dag_run) == {
+        "wait_for_build": "success",
+        "test_image": "success",
+        "scan_gate": "failed",
+        "promote": "upstream_failed",
+        "deploy": "upstream_failed",
+    }
+    assert served.calls["PutImage"] == 0
+    tags = served.tags(REPO)
+    assert tags["prod"] == old_prod and "v9" not in tags and tags["sha-bad"] == digest
+    gated = [r["imageId"]["imageDigest"] for r in served.requests_for("DescribeImageScanFindings")]
+    assert set(gated) == {c.digest for c in index.children}  # the tested digest's platform images
 
 
 @pytest.mark.timing

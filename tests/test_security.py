@@ -35,7 +35,15 @@ def test_iam_policy_lists_exactly_the_operations_the_code_calls():
     assert (
         called
         == readme_policy_actions()
-        == {"BatchGetImage", "PutImage", "DescribeImages", "BatchDeleteImage", "DescribeRepositories"}
+        == {
+            "BatchGetImage",
+            "PutImage",
+            "DescribeImages",
+            "BatchDeleteImage",
+            "DescribeRepositories",
+            "DescribeImageScanFindings",
+            "StartImageScan",
+        }
     )
 
 

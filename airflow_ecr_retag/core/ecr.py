@@ -4,14 +4,16 @@ Read: :func:`fetch_images` (BatchGetImage, 100 references a call, all manifest m
 accepted so ECR never translates) and :func:`fetch_images_async` for the triggers,
 :func:`describe_image`, :func:`describe_images` (by digest, 100 a call), :func:`describe_all`
 (the DescribeImages paginator), :func:`describe_repositories` (for tag mutability, with
-:func:`tag_is_immutable`). Write: :func:`put_tag`, :func:`remove_tags`. Optional API
-arguments go through :func:`pruned`, so ``registry_id=None`` means the caller's own registry.
+:func:`tag_is_immutable`), :func:`scan_findings_pages` and :func:`scan_findings_pages_async`
+(the DescribeImageScanFindings paginator). Write: :func:`put_tag`, :func:`remove_tags`,
+:func:`start_image_scan` (and :func:`start_image_scan_async`). Optional API arguments go through
+:func:`pruned`, so ``registry_id=None`` means the caller's own registry.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,8 @@ from airflow_ecr_retag.core.manifests import MANIFEST_MEDIA_TYPES, declared_medi
 
 #: DescribeImages page size used for whole-repository reads: the most ECR allows.
 DESCRIBE_PAGE_SIZE = MAX_RESULTS
+#: DescribeImageScanFindings page size: the most ECR allows, so most scans are one call.
+SCAN_FINDINGS_PAGE_SIZE = MAX_RESULTS
 
 
 def pruned(**params: Any) -> dict[str, Any]:
@@ -280,3 +284,41 @@ def remove_tags(
             **pruned(registryId=registry_id, repositoryName=repository_name, imageIds=[ref(tag=t) for t in batch])
         )
         yield response.get("imageIds", []), response.get("failures", [])
+
+
+def _scan_params(repository_name: str, digest: str, registry_id: str | None) -> dict[str, Any]:
+    return pruned(registryId=registry_id, repositoryName=repository_name, imageId=ref(digest=digest))
+
+
+def scan_findings_pages(
+    client: Any, repository_name: str, digest: str, registry_id: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """The image's scan, a DescribeImageScanFindings page (1000 findings) at a time, lazily: a caller
+    that stops after the first page (the scan is not finished) makes one call."""
+    paginator = client.get_paginator("describe_image_scan_findings")
+    yield from paginator.paginate(
+        **_scan_params(repository_name, digest, registry_id), PaginationConfig={"PageSize": SCAN_FINDINGS_PAGE_SIZE}
+    )
+
+
+def scan_findings_pages_async(
+    client: Any, repository_name: str, digest: str, registry_id: str | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """:func:`scan_findings_pages` for an aiobotocore client (its paginators iterate with ``async for``)."""
+    paginator = client.get_paginator("describe_image_scan_findings")
+    return paginator.paginate(
+        **_scan_params(repository_name, digest, registry_id), PaginationConfig={"PageSize": SCAN_FINDINGS_PAGE_SIZE}
+    )
+
+
+def start_image_scan(client: Any, repository_name: str, digest: str, registry_id: str | None = None) -> dict[str, Any]:
+    """StartImageScan (basic scanning): the scan status ECR answers with."""
+    return client.start_image_scan(**_scan_params(repository_name, digest, registry_id)).get("imageScanStatus", {})
+
+
+async def start_image_scan_async(
+    client: Any, repository_name: str, digest: str, registry_id: str | None = None
+) -> dict[str, Any]:
+    """:func:`start_image_scan` for an aiobotocore client."""
+    response = await client.start_image_scan(**_scan_params(repository_name, digest, registry_id))
+    return response.get("imageScanStatus", {})

@@ -93,6 +93,32 @@ class RollbackIncompleteError(EcrRetagError):
     """Some tags could not be put back (immutable, previous image gone, ...); the report names them."""
 
 
+class ScanFailedError(EcrRetagError):
+    """The image's scan ended without findings to judge, or cannot be run (FAILED, UNSUPPORTED_IMAGE, ...).
+
+    :param status: the scan status ECR reported (or the status the error stands for).
+    """
+
+    def __init__(self, status: str, message: str):
+        self.status = status
+        super().__init__(message)
+
+
+class ScanLimitExceededError(EcrRetagError):
+    """StartImageScan refused: a basic scan runs once per image per 24 hours, a scan on push included."""
+
+
+class ScanThresholdExceededError(EcrRetagError):
+    """The scan found more findings of a severity than allowed; the message has the blocking findings.
+
+    :param report: what was evaluated (the sensor's ``return_value`` had it passed).
+    """
+
+    def __init__(self, message: str, report: dict):
+        self.report = report
+        super().__init__(message)
+
+
 #: ECR (and IAM/STS) error codes a retry cannot fix.
 PERMANENT_ERROR_CODES = frozenset(
     {

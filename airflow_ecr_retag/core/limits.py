@@ -14,7 +14,7 @@ MAX_REPOSITORY_NAMES = 100
 MAX_TAG_CHARS = 300
 #: The PutImage ``imageManifest`` parameter, in characters.
 MAX_MANIFEST_CHARS = 4_194_304
-#: DescribeImages / ListImages ``maxResults``: 1 to this; ...
+#: DescribeImages / ListImages / DescribeImageScanFindings ``maxResults``: 1 to this; ...
 MAX_RESULTS = 1000
 #: ... and this when it is not given.
 DEFAULT_MAX_RESULTS = 100
@@ -42,3 +42,11 @@ MAX_REFERRER_ARTIFACT_TYPES = 5
 AUTHORIZATION_TOKEN_SECONDS = 12 * 60 * 60
 #: GetAuthorizationToken ``registryIds``: 1 to this.
 MAX_AUTHORIZATION_REGISTRY_IDS = 10
+
+# Image scanning (StartImageScan, DescribeImageScanFindings).
+#: The severities of ``findingSeverityCounts`` (the botocore model's FindingSeverity), most severe first.
+FINDING_SEVERITIES: tuple[str, ...] = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "INFORMATIONAL", "UNDEFINED")
+#: StartImageScan: one basic scan per image in this many seconds, a scan on push included; ...
+BASIC_SCAN_INTERVAL_SECONDS = 24 * 60 * 60
+#: ... and this many basic scans per registry in that time, scans on push included.
+BASIC_SCANS_PER_INTERVAL = 100_000

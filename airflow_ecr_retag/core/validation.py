@@ -13,6 +13,7 @@ from typing import Any
 
 from airflow_ecr_retag.core.errors import InvalidInputError
 from airflow_ecr_retag.core.limits import (
+    FINDING_SEVERITIES,
     MAX_IMAGE_IDS,
     MAX_REPOSITORY_NAME_CHARS,
     MAX_TAG_CHARS,
@@ -272,3 +273,41 @@ def _promotion_report(raw: Any, where: str) -> dict[str, Any]:
         "added": added,
         "moved": dict(moved),
     }
+
+
+def exactly_one(first: tuple[str, Any], second: tuple[str, Any]) -> None:
+    """Exactly one of two alternative parameters is set (``(name, value)`` each); names the one to fix."""
+    (first_name, first_value), (second_name, second_value) = first, second
+    if first_value is None and second_value is None:
+        raise InvalidInputError(first_name, f"give {first_name} or {second_name}", None)
+    if first_value is not None and second_value is not None:
+        raise InvalidInputError(second_name, f"give {first_name} or {second_name}, not both", second_value)
+
+
+def severity_thresholds(value: Any, field: str = "max_findings") -> dict[str, int]:
+    """Severity -> allowed count (a dict, or its JSON text from a template): ECR's severities,
+    counts that are whole numbers of at least 0."""
+    value = _rendered(value, kinds=(dict,))
+    if not isinstance(value, dict):
+        raise InvalidInputError(field, "must be a dict of severity -> allowed count, e.g. {'CRITICAL': 0}", value)
+    thresholds: dict[str, int] = {}
+    for severity, count in value.items():
+        if severity not in FINDING_SEVERITIES:
+            raise InvalidInputError(
+                field, f"unknown severity {severity!r}: the severities are {', '.join(FINDING_SEVERITIES)}", value
+            )
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise InvalidInputError(f"{field}.{severity}", "must be a whole number of findings, 0 or more", count)
+        thresholds[severity] = count
+    return thresholds
+
+
+def finding_names(value: Any, field: str) -> tuple[str, ...]:
+    """Finding names (CVE ids): one, a list (or its rendered text), or None for none."""
+    if value is None:
+        return ()
+    value = _rendered(value)
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple, set, frozenset)):
+        raise InvalidInputError(field, "must be a finding name (a CVE id) or a list of them", value)
+    return tuple(_text(f"{field}[{i}]", item) for i, item in enumerate(items))

@@ -4,6 +4,7 @@ Needs the ``testing`` extra (``pip install airflow-ecr-retag[testing]``).
 
 - :class:`EcrDouble`: in-process (``with EcrDouble() as ecr``) or as a server on 127.0.0.1
   (``EcrDouble(server=True)``, reached by other processes through ``AWS_ENDPOINT_URL_ECR``).
+- :class:`Vulnerability`: what an image's scans find (``ecr.add_findings(repo, digest, [...])``).
 - :func:`build_image` / :func:`push_image`: realistic Docker, OCI and multi-arch images, with
   their blobs; :func:`build_referrer` (OCI 1.1 artifacts) and :func:`write_oci_layout` (for
   ``skopeo copy oci:...``).
@@ -30,6 +31,7 @@ from airflow_ecr_retag.testing.images import (
     push_image,
     write_oci_layout,
 )
+from airflow_ecr_retag.testing.scan_rules import Vulnerability
 
 __all__ = [
     "IMAGE_KINDS",
@@ -40,6 +42,7 @@ __all__ = [
     "RecordedCall",
     "RemoteEcrDouble",
     "StoredImage",
+    "Vulnerability",
     "build_image",
     "build_referrer",
     "push_image",

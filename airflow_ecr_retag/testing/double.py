@@ -46,6 +46,7 @@ from airflow_ecr_retag.testing.recording import (
 from airflow_ecr_retag.testing.registries import ACCOUNT_SETTINGS, CALLER_ACCOUNT, Registry
 from airflow_ecr_retag.testing.registry_listeners import Listeners
 from airflow_ecr_retag.testing.request_rules import EcrError
+from airflow_ecr_retag.testing.scanning import ScanSeeding, scan_on_push
 from airflow_ecr_retag.testing.server import CONTROL_PREFIX, RemoteEcrDouble, serving
 from airflow_ecr_retag.testing.store import StoredImage
 from airflow_ecr_retag.testing.upload_sessions import UploadSessions
@@ -69,7 +70,7 @@ DEFAULT_REGION = "us-east-1"
 DEFAULT_DOWNLOAD_URL_SECONDS = 3600
 
 
-class EcrDouble(CallRecording):
+class EcrDouble(CallRecording, ScanSeeding):
     """The ECR double: use as a context manager, in-process or as a local HTTP server.
 
     :param server: also serve the double over HTTP on 127.0.0.1 with a free port; clients in
@@ -78,7 +79,9 @@ class EcrDouble(CallRecording):
 
     Counting, the request log and faults (``calls``, ``requests``, ``write_calls``,
     ``total_calls``, ``reset_calls``, ``requests_for``, ``inject``, ``before_call``,
-    ``clear_faults``) come from :class:`~airflow_ecr_retag.testing.recording.CallRecording`.
+    ``clear_faults``) come from :class:`~airflow_ecr_retag.testing.recording.CallRecording`;
+    scanning (``scan_seconds``, ``set_registry_scanning``, ``add_findings``, ``set_scan``,
+    ``scan_status``) from :class:`~airflow_ecr_retag.testing.scanning.ScanSeeding`.
 
     .. code-block:: python
 
@@ -98,8 +101,9 @@ class EcrDouble(CallRecording):
         self.region_name = region_name
         self.serve = server
         self.endpoint_url: str | None = None
-        #: The double's clock, for the expiry of blob URLs and registry passwords: replace it
-        #: (``ecr.clock = lambda: time.time() + 7200``) to test what happens after one expires.
+        #: The double's clock, for the expiry of blob URLs and registry passwords and the progress of
+        #: scans: replace it (``ecr.clock = lambda: time.time() + 7200``) to test what happens after
+        #: one expires or finishes.
         self.clock: Callable[[], float] = time.time
         #: How long a presigned blob URL is valid, in seconds.
         self.download_url_seconds = DEFAULT_DOWNLOAD_URL_SECONDS
@@ -210,19 +214,20 @@ class EcrDouble(CallRecording):
         *,
         mutability: str = "MUTABLE",
         exclusion_filters: Iterable[str] = (),
+        scan_on_push: bool = False,
         registry_id: str | None = None,
         region_name: str | None = None,
     ) -> None:
         """Create a repository directly (not counted), in the ``registry_id`` account's registry of
         ``region_name`` (the caller's account and the double's Region by default). Exclusion
-        filters are WILDCARD patterns."""
+        filters are WILDCARD patterns; ``scan_on_push`` is the repository's ``scanOnPush``."""
         registry = self.registry(registry_id, region_name)
         filters = [{"filterType": "WILDCARD", "filter": f} for f in exclusion_filters]
         registry.backend.create_repository(
             repository_name=name,
             registry_id=registry.account,
             encryption_config=None,
-            image_scan_config=None,
+            image_scan_config={"scanOnPush": scan_on_push},
             image_tag_mutability=mutability,
             image_tag_mutability_exclusion_filters=filters or None,
             tags=[],
@@ -254,6 +259,7 @@ class EcrDouble(CallRecording):
             stored = store.store_image(repository, image.manifest, image.media_type, pushed_at)
             for tag in tags:
                 store.move_tag(repository, stored, tag)
+            scan_on_push(self, repository, stored)
         return stored.digest
 
     def put_blob(self, repository_name: str, content: bytes | Blob, **where: Any) -> str:

@@ -18,6 +18,7 @@ from moto.ecr.responses import ECRResponse
 from airflow_ecr_retag.core.manifests import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, manifest_digest
 from airflow_ecr_retag.testing import request_rules as rules
 from airflow_ecr_retag.testing.request_rules import EcrError
+from airflow_ecr_retag.testing.scanning import scan_on_push
 from airflow_ecr_retag.testing.store import (
     RepoImages,
     StoredImage,
@@ -146,6 +147,7 @@ def put_image(
         image = store_image(repository, manifest, media_type, None)
         if tag is not None:
             move_tag(repository, image, tag)
+        scan_on_push(double, repository, image)
     return image
 
 

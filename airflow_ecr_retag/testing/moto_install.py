@@ -25,6 +25,7 @@ from airflow_ecr_retag.testing.layer_transfer import LayerTransferHandlers
 from airflow_ecr_retag.testing.referrers import ReferrerHandlers
 from airflow_ecr_retag.testing.registries import RegistryHandlers
 from airflow_ecr_retag.testing.registry_auth import AuthorizationHandlers
+from airflow_ecr_retag.testing.scanning import ScanningHandlers
 
 if TYPE_CHECKING:
     from airflow_ecr_retag.testing.double import EcrDouble
@@ -36,6 +37,7 @@ HANDLER_CLASSES: tuple[type[ECRResponse], ...] = (
     LayerTransferHandlers,
     ReferrerHandlers,
     AuthorizationHandlers,
+    ScanningHandlers,
 )
 
 _install_lock = threading.Lock()

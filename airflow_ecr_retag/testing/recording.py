@@ -34,6 +34,10 @@ WRITE_OPERATIONS = frozenset(
         "DeleteRepository",
         "PutImageTagMutability",
         "PutAccountSetting",
+        # Scanning: a scan started, a repository's or the registry's scanning changed.
+        "StartImageScan",
+        "PutImageScanningConfiguration",
+        "PutRegistryScanningConfiguration",
         # The OCI distribution API (see distribution_api.OPERATIONS).
         "V2PutManifest",
         "V2DeleteManifest",

@@ -84,6 +84,20 @@ def set_account_setting(registry: Registry, name: str, value: str) -> None:
     _settings(registry.backend)[name] = value
 
 
+def scanning_configuration(registry: Registry) -> dict[str, Any]:
+    """The registry's scanning configuration (``scanType`` BASIC or ENHANCED, ``rules``), kept by
+    moto's PutRegistryScanningConfiguration."""
+    return registry.backend.registry_scanning_configuration
+
+
+def basic_scans_started(registry: Registry) -> list[float]:
+    """When the registry's basic scans started (the double's clock), for ECR's quota of scans a day."""
+    starts = getattr(registry.backend, "_double_basic_scans", None)
+    if starts is None:
+        starts = registry.backend._double_basic_scans = []
+    return starts
+
+
 def _settings(backend: ECRBackend) -> dict[str, str]:
     settings = getattr(backend, "_double_account_settings", None)
     if settings is None:

@@ -33,6 +33,8 @@ class StoredImage:
     media_type: str
     pushed_at: float
     tags: list[str] = field(default_factory=list)
+    #: Its vulnerabilities and latest scan (``scan_rules.ImageScan``), once it has either.
+    scan: Any = None
 
     # The names moto's own repository code uses.
     @property

@@ -12,9 +12,11 @@ from airflow_ecr_retag._lazy import lazy_exports
 
 EXPORTS = {
     "EcrTagTrigger": "airflow_ecr_retag.triggers.tag",
+    "EcrImageScanTrigger": "airflow_ecr_retag.triggers.image_scan_trigger",
 }
 __all__ = list(EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)
 
 if TYPE_CHECKING:
+    from airflow_ecr_retag.triggers.image_scan_trigger import EcrImageScanTrigger
     from airflow_ecr_retag.triggers.tag import EcrTagTrigger
