@@ -71,6 +71,8 @@ class ReleaseFailedError(EcrRetagError, core.ReleaseFailedError):
 
 class RollbackIncompleteError(EcrRetagError, core.RollbackIncompleteError):
     """Some tags could not be put back (immutable, previous image gone, ...); the report names them."""
+
+
 class ScanFailedError(EcrRetagError, core.ScanFailedError):
     """The image's scan ended without findings to judge, or cannot be run (``status``)."""
 
