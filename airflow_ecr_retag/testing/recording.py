@@ -34,6 +34,7 @@ WRITE_OPERATIONS = frozenset(
         "DeleteRepository",
         "PutImageTagMutability",
         "PutAccountSetting",
+        "UpdateImageStorageClass",
         # The OCI distribution API (see distribution_api.OPERATIONS).
         "V2PutManifest",
         "V2DeleteManifest",

@@ -68,6 +68,10 @@ def _seed(double: EcrDouble, body: dict[str, Any]) -> Any:
     }
 
 
+def _seed_many(double: EcrDouble, body: dict[str, Any]) -> Any:
+    return {"digests": double.seed_many(body["repository"], body["images"], **_where(body))}
+
+
 def _move_tags(double: EcrDouble, body: dict[str, Any]) -> Any:
     for move in body["moves"]:
         double.move_tag(body["repository"], move["tag"], move["digest"], **_where(body))
@@ -103,6 +107,7 @@ _CONTROL_ACTIONS: dict[str, Callable[[EcrDouble, dict[str, Any]], Any]] = {
     "reset-calls": _reset_calls,
     "create-repository": _create_repository,
     "seed": _seed,
+    "seed-many": _seed_many,
     "move-tags": _move_tags,
     "tags": _tags,
     "registry": _registry,
@@ -164,6 +169,11 @@ class RemoteEcrDouble:
     def seed(self, repository: str, images: list[dict[str, Any]], **where: str) -> list[str]:
         """Push images directly (not counted): each ``{"kind", "name", "tags", "pushed_at", "layer_bytes"}``."""
         return self._post("seed", repository=repository, images=images, **where)["digests"]
+
+    def seed_many(self, repository: str, images: list[dict[str, Any]], **where: str) -> list[str]:
+        """Store many small images fast (not counted), as :meth:`EcrDouble.seed_many`: each
+        ``{"name", "tags", "pushed_at", "last_pulled", "status"}``."""
+        return self._post("seed-many", repository=repository, images=images, **where)["digests"]
 
     def move_tags(self, repository: str, moves: list[dict[str, str]], **where: str) -> float:
         """Point tags at digests directly, as other actors' pushes would; returns the server's time."""
