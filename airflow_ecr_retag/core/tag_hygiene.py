@@ -145,11 +145,13 @@ class HygieneRequest:
         last_tag_preference: Any = None,
         max_concurrent_repositories: Any = DEFAULT_MAX_CONCURRENT_REPOSITORIES,
     ) -> HygieneRequest:
-        names, globs, single = validation.repositories(repository_name)
-        selection = None if single else RepositorySelection(tuple(names), tuple(globs), repository_name)
+        items, single = validation.repositories(repository_name)
+        names = [item for item in items if not validation.is_glob(item)]
+        globs = [item for item in items if validation.is_glob(item)]
+        selection = None if single else RepositorySelection(tuple(names), tuple(globs), _given(repository_name, items))
         cap = validation.optional(validation.removal_cap, max_removals, "max_removals")
         return cls(
-            repository_name=names[0] if single else _describe_selection(names, globs),
+            repository_name=items[0] if single else ", ".join(items),
             registry_id=validation.registry_id(registry_id),
             rules=parse_rules(rules),
             protect=validation.patterns(protect, "protect"),
@@ -172,8 +174,9 @@ class HygieneRequest:
         return replace(self, repository_name=name, repositories=None)
 
 
-def _describe_selection(names: Sequence[str], globs: Sequence[str]) -> str:
-    return ", ".join([*names, *globs])
+def _given(value: Any, items: list[str]) -> str | list[str]:
+    """The selection as the user wrote it: the glob, or the list (parsed back if a template rendered it)."""
+    return value if isinstance(value, str) and items == [value] else items
 
 
 # ---------------------------------------------------------------------- the snapshot
@@ -338,7 +341,7 @@ def survivor(tags: Sequence[str], preference: Sequence[str] = ()) -> str:
 
 
 def plan(
-    current_tags: dict[str, list[str]],
+    current_tags: dict[str, Sequence[str]],
     candidates: dict[str, list[str]],
     allow_image_deletion: bool,
     preference: Sequence[str] = (),
@@ -365,28 +368,32 @@ def plan(
 
 def current_tags(
     client: Any, request: HygieneRequest, digests: Sequence[str], snapshot: Snapshot
-) -> dict[str, list[str]]:
+) -> dict[str, Sequence[str]]:
     """The images' tags now, by the cheaper of two reads. Images gone are absent.
 
     DescribeImages by digest takes 100 images a call; the paginator reads 1000 a page. When most
     of the repository is affected, re-reading all of it is fewer calls (10 pages instead of 100
     calls at 10,000 images) and tells the same. (By digest, ECR describes an image whatever its
-    status; the paginator reads the statuses the snapshot read.)
+    status; the paginator reads the statuses the snapshot read.) An image whose tags did not
+    change gets the snapshot's own tags back, so a re-read of 100,000 images holds no second copy.
     """
+    wanted = {digest: digest for digest in digests}
     if math.ceil(len(snapshot.images) / ecr.DESCRIBE_PAGE_SIZE) < math.ceil(len(digests) / ecr.MAX_IMAGE_IDS):
-        wanted = set(digests)
-        tags: dict[str, list[str]] = {}
         pages = ecr.describe_all(client, request.repository_name, request.registry_id, _status_filter(request))
-        for page in pages:
-            tags.update({d["imageDigest"]: list(d.get("imageTags", [])) for d in page if d["imageDigest"] in wanted})
-        return tags
-    details = ecr.describe_images(client, request.repository_name, digests, request.registry_id)
-    return {digest: list(detail.get("imageTags", [])) for digest, detail in details.items()}
+        details = (detail for page in pages for detail in page if detail["imageDigest"] in wanted)
+    else:
+        details = iter(ecr.describe_images(client, request.repository_name, digests, request.registry_id).values())
+    tags: dict[str, Sequence[str]] = {}
+    for detail in details:
+        digest = wanted.get(detail["imageDigest"], detail["imageDigest"])
+        now, before = tuple(detail.get("imageTags", ())), snapshot.images[digest].tags
+        tags[digest] = before if now == before else now
+    return tags
 
 
 def recheck(
     client: Any, request: HygieneRequest, snapshot: Snapshot, candidates: dict[str, list[str]], log: Any = _module_log
-) -> tuple[dict[str, list[str]], list[dict[str, str]]]:
+) -> tuple[dict[str, Sequence[str]], list[dict[str, str]]]:
     """The tags to plan from (those of the candidates' images), and the candidates that moved
     since the snapshot.
 
@@ -394,7 +401,7 @@ def recheck(
     left alone; a dry run (or nothing to remove) plans from the snapshot and makes no call.
     """
     if request.dry_run or not candidates:
-        return {d: list(snapshot.images[d].tags) for d in candidates}, []
+        return {d: snapshot.images[d].tags for d in candidates}, []
     now_tags = current_tags(client, request, list(candidates), snapshot)
     moved = [
         {"tag": tag, "digest": digest}
@@ -447,12 +454,15 @@ def remove_planned(client: Any, request: HygieneRequest, decided: Plan, log: Any
     outcome = Removal()
     batches = math.ceil(len(ordered) / ecr.MAX_IMAGE_IDS)
     removals = ecr.remove_tags(client, request.repository_name, ordered, request.registry_id)
-    for number, (ids, failures) in enumerate(removals, start=1):
-        outcome.removed.extend(
-            {"tag": i["imageTag"], "digest": i.get("imageDigest", tag_to_digest.get(i["imageTag"], ""))}
-            for i in ids
-            if "imageTag" in i
-        )
+    for number, (batch, (ids, failures)) in enumerate(zip(ecr.chunks(ordered), removals, strict=True), start=1):
+        # The plan's own strings where ECR answers with the same ones (140,000 removals: no copies).
+        sent = {tag: tag for tag in batch}
+        for image_id in ids:
+            if "imageTag" in image_id:
+                tag = sent.get(image_id["imageTag"], image_id["imageTag"])
+                planned = tag_to_digest.get(tag, "")
+                digest = image_id.get("imageDigest", planned)
+                outcome.removed.append({"tag": tag, "digest": planned if digest == planned else digest})
         for failure in failures:
             tag = failure.get("imageId", {}).get("imageTag", "")
             entry = {

@@ -186,29 +186,28 @@ def repository_glob(value: Any, field: str = "repository_name") -> str:
     return value
 
 
-def repositories(value: Any, field: str = "repository_name") -> tuple[list[str], list[str], bool]:
-    """A repository name, a glob of names, or a list of names and globs: (names, globs, single),
-    where ``single`` says a single name was given (not a glob, not a list)."""
+def repositories(value: Any, field: str = "repository_name") -> tuple[list[str], bool]:
+    """A repository name, a glob of names, or a list of names and globs: the items in order, and
+    whether a single name was given (not a glob, not a list). :func:`is_glob` tells them apart."""
     value = _rendered_list(value)
     if isinstance(value, str):
         if is_glob(value):
-            return [], [repository_glob(value, field)], False
-        return [repository_name(value, field)], [], True
+            return [repository_glob(value, field)], False
+        return [repository_name(value, field)], True
     if not isinstance(value, (list, tuple)):
         raise InvalidInputError(field, "must be a repository name, a glob of names, or a list of them", value)
     if not value:
         raise InvalidInputError(field, "must name at least one repository", value)
-    names, globs = [], []
-    for i, item in enumerate(value):
-        where = f"{field}[{i}]"
-        if isinstance(item, str) and is_glob(item):
-            globs.append(repository_glob(item, where))
-        else:
-            names.append(repository_name(item, where))
-    repeats = sorted({item for item in value if list(value).count(item) > 1})
+    items = [
+        repository_glob(item, f"{field}[{i}]")
+        if isinstance(item, str) and is_glob(item)
+        else repository_name(item, f"{field}[{i}]")
+        for i, item in enumerate(value)
+    ]
+    repeats = sorted({item for item in items if items.count(item) > 1})
     if repeats:
         raise InvalidInputError(field, f"must not repeat a repository: {', '.join(repeats)}", value)
-    return names, globs, False
+    return items, False
 
 
 _PERCENT_RE = re.compile(r"(\d+(?:\.\d+)?)\s*%")

@@ -311,8 +311,8 @@ class EcrDouble(CallRecording):
         """Put an image in ``imageStatus`` ACTIVE, ARCHIVED or ACTIVATING (restoring for
         :attr:`activation_seconds` from now) directly, as UpdateImageStorageClass would (not counted)."""
         with self._lock:
-            image = store.images_of(self._repository(repository_name, **where)).by_digest[digest]
-            image_status.set_status(image, status, self.clock(), self.activation_seconds)
+            images = store.images_of(self._repository(repository_name, **where))
+            image_status.set_status(images, images.by_digest[digest], status, self.clock(), self.activation_seconds)
 
     def seed_many(self, repository_name: str, images: Iterable[dict[str, Any]], **where: Any) -> list[str]:
         """Store many small single-platform images directly (not counted), fast enough for a
@@ -336,7 +336,10 @@ class EcrDouble(CallRecording):
                     store.move_tag(repository, stored, tag)
                 stored.last_pulled = spec.get("last_pulled", stored.last_pulled)
                 if spec.get("status"):
-                    image_status.set_status(stored, spec["status"], self.clock(), self.activation_seconds)
+                    image_status.set_status(
+                        store.images_of(repository), stored, spec["status"], self.clock(), self.activation_seconds
+                    )
+                stored.size  # noqa: B018 - parsed now, not by the first DescribeImages page that shows it
                 digests.append(stored.digest)
         return digests
 

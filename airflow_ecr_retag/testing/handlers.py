@@ -54,9 +54,8 @@ class ImageOperationHandlers(ECRResponse):
         status = (self._get_param("filter") or {}).get("tagStatus", "ANY")
         statuses = image_status.status_filter((self._get_param("filter") or {}).get("imageStatus"))
         with self.double._lock:
-            images = image_status.keep_statuses(
-                list(images_of(repository).by_digest.values()), statuses, self.double.clock()
-            )
+            store = images_of(repository)
+            images = image_status.keep_statuses(store, list(store.by_digest.values()), statuses, self.double.clock())
         if status == "TAGGED":
             images = [i for i in images if i.tags]
         elif status == "UNTAGGED":
@@ -89,7 +88,7 @@ class ImageOperationHandlers(ECRResponse):
                     images.append(image)
         return ActionResult({"images": images, "failures": failures})
 
-    def batch_delete_image(self) -> ActionResult:
+    def batch_delete_image(self) -> tuple[bytes, dict[str, Any]]:
         """BatchDeleteImage: each image id answered on its own; a tag goes alone unless it is the last."""
         repository = self._repo()
         image_ids = rules.check_id_count(self._get_param("imageIds"))
@@ -101,9 +100,9 @@ class ImageOperationHandlers(ECRResponse):
                 deleted.extend(gone)
                 if failure:
                     failures.append(failure)
-        return ActionResult({"imageIds": deleted, "failures": failures})
+        return json_answer({"imageIds": deleted, "failures": failures})
 
-    def describe_images(self) -> str:
+    def describe_images(self) -> tuple[bytes, dict[str, Any]]:
         """DescribeImages: the named images (all must exist), or a page of the filtered listing
         (serialised by :func:`~airflow_ecr_retag.testing.store.json_answer`: pages of 1,000)."""
         image_ids = self._get_param("imageIds")
@@ -156,7 +155,7 @@ def put_image(
         rules.check_not_already_pushed(repository, digest, tag, None if archived else existing, holder)
         image = store_image(repository, manifest, media_type, None)
         if archived:
-            image_status.restore_now(image, double.clock())
+            image_status.restore_now(store, image, double.clock())
         if tag is not None:
             move_tag(repository, image, tag)
     return image

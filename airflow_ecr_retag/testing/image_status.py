@@ -32,7 +32,7 @@ from moto.ecr.responses import ECRResponse
 
 from airflow_ecr_retag.testing import request_rules as rules
 from airflow_ecr_retag.testing.request_rules import EcrError
-from airflow_ecr_retag.testing.store import StoredImage, images_of
+from airflow_ecr_retag.testing.store import RepoImages, StoredImage, images_of
 
 if TYPE_CHECKING:
     from airflow_ecr_retag.testing.double import EcrDouble
@@ -58,12 +58,17 @@ def status_filter(value: Any, where: str = "filter.imageStatus") -> frozenset[st
     return STATUS_FILTERS[value]
 
 
-def keep_statuses(images: list[StoredImage], statuses: frozenset[str], now: float) -> list[StoredImage]:
-    """The images whose status at ``now`` is one of ``statuses``."""
+def keep_statuses(
+    store: RepoImages, images: list[StoredImage], statuses: frozenset[str], now: float
+) -> list[StoredImage]:
+    """The images (of ``store``) whose status at ``now`` is one of ``statuses``."""
     if statuses == STATUS_FILTERS["ANY"]:
         return images
-    # Most images were never archived: their status needs no clock (a page of 100,000 images).
-    return [image for image in images if (ACTIVE if image.archived_at is None else image.status_at(now)) in statuses]
+    if not store.archived:
+        # Nothing of the repository was ever archived: every image is ACTIVE (no walk over
+        # 100,000 images for each page).
+        return images if ACTIVE in statuses else []
+    return [image for image in images if image.status_at(now) in statuses]
 
 
 def pullable(image: StoredImage, now: float) -> bool:
@@ -76,11 +81,12 @@ def record_pull(image: StoredImage, now: float) -> None:
     image.last_pulled = now
 
 
-def archive(image: StoredImage, now: float) -> None:
+def archive(store: RepoImages, image: StoredImage, now: float) -> None:
     """Move the image to the archive (ARCHIVED from now)."""
     image.last_activated_at = image.activated_at(now)
     image.archived_at = image.last_archived_at = now
     image.restore_ends_at = None
+    store.archived.add(image.digest)
 
 
 def restore(image: StoredImage, now: float, seconds: float) -> None:
@@ -88,22 +94,23 @@ def restore(image: StoredImage, now: float, seconds: float) -> None:
     image.restore_ends_at = now + seconds
 
 
-def restore_now(image: StoredImage, now: float) -> None:
+def restore_now(store: RepoImages, image: StoredImage, now: float) -> None:
     """Restore at once, as pushing an archived image again does."""
     image.last_activated_at = now
     image.archived_at = image.restore_ends_at = None
+    store.archived.discard(image.digest)
 
 
-def set_status(image: StoredImage, status: str, now: float, activation_seconds: float) -> None:
+def set_status(store: RepoImages, image: StoredImage, status: str, now: float, activation_seconds: float) -> None:
     """Put the image in ``status`` directly (a seed: no transition rule applies)."""
     if status == ACTIVE:
         if image.status_at(now) != ACTIVE:
-            restore_now(image, now)
+            restore_now(store, image, now)
     elif status == ARCHIVED:
-        archive(image, now)
+        archive(store, image, now)
     elif status == ACTIVATING:
         if image.status_at(now) == ACTIVE:
-            archive(image, now)
+            archive(store, image, now)
         restore(image, now, activation_seconds)
     else:
         raise ValueError(f"status must be one of {ACTIVE}, {ARCHIVED}, {ACTIVATING}, not {status!r}")
@@ -129,7 +136,8 @@ class ImageStatusHandlers(ECRResponse):
             raise _not_one_of("targetStorageClass", TRANSITIONS)
         image_id = self._get_param("imageId") or {}
         with self.double._lock:
-            image, failure = rules.find_image(images_of(repository), image_id)
+            store = images_of(repository)
+            image, failure = rules.find_image(store, image_id)
             if failure:
                 raise rules.image_not_found(repository, image_id)
             assert image is not None
@@ -141,7 +149,7 @@ class ImageStatusHandlers(ECRResponse):
                     f"{image.status_at(now)} and cannot move to storage class {target}",
                 )
             if target == "ARCHIVE":
-                archive(image, now)
+                archive(store, image, now)
             else:
                 restore(image, now, self.double.activation_seconds)
             status = image.status_at(now)

@@ -80,7 +80,9 @@ class ReferrerHandlers(ECRResponse):
             )
         statuses = image_status.status_filter(query.get("artifactStatus"), "filter.artifactStatus")
         now = self.double.clock()
-        found = image_status.keep_statuses(referrers(self.double, repository, subject, kinds), statuses, now)
+        found = referrers(self.double, repository, subject, kinds)
+        with self.double._lock:
+            found = image_status.keep_statuses(images_of(repository), found, statuses, now)
         page, token = rules.paginate(
             found,
             self._get_param("maxResults"),

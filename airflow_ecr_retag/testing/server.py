@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import socket
 import threading
 import time
@@ -102,6 +103,12 @@ def _memory(double: EcrDouble, body: dict[str, Any]) -> Any:
     return {name: int(fields[key].split()[0]) * 1024 for name, key in (("rss", "VmRSS"), ("peak", "VmHWM"))}
 
 
+def _cpu(double: EcrDouble, body: dict[str, Any]) -> Any:
+    """The CPU seconds the server process has used (user and system), for benchmarks on a shared machine."""
+    times = os.times()
+    return {"seconds": times.user + times.system}
+
+
 _CONTROL_ACTIONS: dict[str, Callable[[EcrDouble, dict[str, Any]], Any]] = {
     "calls": _calls,
     "reset-calls": _reset_calls,
@@ -112,6 +119,7 @@ _CONTROL_ACTIONS: dict[str, Callable[[EcrDouble, dict[str, Any]], Any]] = {
     "tags": _tags,
     "registry": _registry,
     "memory": _memory,
+    "cpu": _cpu,
 }
 
 
@@ -185,6 +193,10 @@ class RemoteEcrDouble:
     def memory(self, *, reset_peak: bool = False) -> dict[str, int | None]:
         """The server's resident memory (``rss``) and its peak (``peak``), in bytes."""
         return self._post("memory", reset_peak=reset_peak)
+
+    def cpu_seconds(self) -> float:
+        """The CPU time the server process has used so far, in seconds."""
+        return self._post("cpu")["seconds"]
 
     def registry(self, **where: str) -> tuple[str, str, str]:
         """A registry's ``/v2/`` endpoint, user and password (``where``: ``registry_id``, ``region_name``)."""

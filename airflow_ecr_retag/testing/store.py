@@ -76,8 +76,9 @@ class StoredImage:
         subject = self.document.get("subject")
         return subject.get("digest") if isinstance(subject, dict) else None
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
+        """The manifest and its blobs, in bytes (once: the manifest never changes)."""
         return len(self.manifest) + sum(part.get("size", 0) for part in self.blob_descriptors)
 
     def status_at(self, now: float) -> str:
@@ -101,6 +102,8 @@ class RepoImages:
     def __init__(self) -> None:
         self.by_digest: dict[str, StoredImage] = {}
         self.by_tag: dict[str, StoredImage] = {}
+        #: The digests of images ever archived and not pushed again (their status needs the clock).
+        self.archived: set[str] = set()
 
     def referenced_by_index(self, digest: str) -> bool:
         """Whether an image index in this repository lists ``digest`` (ECR then refuses to delete it)."""
@@ -184,6 +187,7 @@ def delete_image(repository: Any, image: StoredImage) -> None:
     for tag in image.tags:
         store.by_tag.pop(tag, None)
     del store.by_digest[image.digest]
+    store.archived.discard(image.digest)
     repository.images.remove(image)
 
 
@@ -223,14 +227,16 @@ def describe(repository: Any, image: StoredImage, now: float | None = None) -> d
     return detail
 
 
-def json_answer(document: dict[str, Any]) -> str:
+def json_answer(document: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
     """A response document as moto's serialiser writes it for ECR's JSON protocol (timestamps as
-    epoch seconds, to the millisecond), without its walk of the botocore shape per member, which
-    costs about a millisecond per ImageDetail: a page of 1,000 would take a second."""
+    epoch seconds, to the millisecond), as a moto response (body, headers), without the walk of
+    the botocore shape per member that costs about a millisecond per ImageDetail (a page of 1,000
+    would take a second). Bytes, so moto's XML request-id rewrite skips the megabyte of a page."""
 
     def timestamp(value: Any) -> float:
         if not isinstance(value, datetime):
             raise TypeError(f"{type(value).__name__} is not JSON serialisable")
         return calendar.timegm(value.utctimetuple()) + (value.microsecond // 1000) / 1000.0
 
-    return json.dumps(document, default=timestamp, separators=(",", ":"))
+    body = json.dumps(document, default=timestamp, separators=(",", ":")).encode()
+    return body, {"status": 200, "Content-Type": "application/x-amz-json-1.1"}
