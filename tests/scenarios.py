@@ -2,7 +2,7 @@
 
 Each scenario seeds a fresh repository of the double, then runs the task. Between them they
 make every ECR call the package makes: BatchGetImage, PutImage, DescribeImages (paginated
-and by digest) and BatchDeleteImage.
+and by digest), BatchDeleteImage and DescribeRepositories (hygiene over a glob).
 """
 
 from __future__ import annotations
@@ -85,8 +85,30 @@ def run_hygiene() -> Any:
     ).execute(make_context())
 
 
+def seed_hygiene_glob(ecr: EcrDouble) -> None:
+    seed_hygiene(ecr)
+    ecr.create_repository("team/web")
+    ecr.push("team/web", build_image("oci", "web"), ["pr-2", "web-1"], pushed_at=EPOCH - timedelta(days=30))
+
+
+def run_hygiene_glob() -> Any:
+    from airflow_ecr_retag import EcrTagHygieneOperator
+
+    # One repository at a time, so each clean run makes its calls in one order (the matrix's n-th call).
+    return EcrTagHygieneOperator(
+        task_id="hygiene_glob",
+        repository_name="team/*",
+        rules=[{"tag_pattern": "latest"}, {"tag_pattern": "sha-*", "keep_latest": 2}, {"tag_pattern": "pr-*"}],
+        protect=["v*"],
+        max_removals="50%",
+        max_concurrent_repositories=1,
+        **RETRYING,
+    ).execute(make_context())
+
+
 SCENARIOS = [
     Scenario("retag", seed_retag, run_retag),
     Scenario("sensor", seed_sensor, run_sensor),
     Scenario("hygiene", seed_hygiene, run_hygiene),
+    Scenario("hygiene-glob", seed_hygiene_glob, run_hygiene_glob),
 ]

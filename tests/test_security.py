@@ -32,7 +32,17 @@ def run_every_scenario():
 
 def test_iam_policy_lists_exactly_the_operations_the_code_calls():
     called = run_every_scenario()
-    assert called == readme_policy_actions() == {"BatchGetImage", "PutImage", "DescribeImages", "BatchDeleteImage"}
+    assert (
+        called
+        == readme_policy_actions()
+        == {
+            "BatchGetImage",
+            "PutImage",
+            "DescribeImages",
+            "BatchDeleteImage",
+            "DescribeRepositories",
+        }
+    )
 
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETKEY"

@@ -7,10 +7,12 @@ by tag. With ``allow_image_deletion=False`` an image's last tag is never removed
 is deleted. Over several repositories (a glob or a list), DescribeRepositories pages first when
 a glob is given, then the same per repository, a bounded number of repositories at a time.
 
-:func:`run_hygiene` runs the steps in order, each a function of its own: :func:`read_snapshot`,
-:func:`select`, :func:`apply_protection`, :func:`spare_recently_pulled`, :func:`recheck`,
-:func:`plan`, :func:`check_cap`, :func:`remove_planned`, :func:`build_report`; over several
-repositories :func:`resolve_repositories`, then the steps for each, then :func:`combine_reports`.
+:func:`run_hygiene` cleans one repository with :func:`clean_repository`, which runs the steps in
+order, each a function of its own: :func:`read_snapshot`, :func:`select`, :func:`apply_protection`,
+:func:`spare_recently_pulled`, :func:`recheck`, :func:`plan`, :func:`check_cap`,
+:func:`remove_planned`, :func:`build_report`; or several with :func:`clean_repositories`:
+:func:`resolve_repositories`, :func:`clean_repository` for each, :func:`combine_reports`. What
+makes the task fail is :func:`hygiene_failure` of the report.
 """
 
 from __future__ import annotations
