@@ -58,7 +58,11 @@ class ManifestTooLargeError(EcrRetagError, core.ManifestTooLargeError):
 
 
 class HygieneFailedError(EcrRetagError, core.HygieneFailedError):
-    """Some tag removals failed; the report names them."""
+    """Some tag removals failed (or, over several repositories, some repositories); the report names them."""
+
+
+class RemovalCapExceededError(EcrRetagError, core.RemovalCapExceededError):
+    """Hygiene planned more removals than ``max_removals`` allows: nothing was removed."""
 
 
 class ReleaseCheckFailedError(EcrRetagError, core.ReleaseCheckFailedError):

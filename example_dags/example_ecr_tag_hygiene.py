@@ -2,7 +2,8 @@
 
 Release tags (``v*``, ``prod``, ``stable``) are protected. A dry run reports first, then the
 real run removes tags. ``allow_image_deletion`` stays False: an image whose every tag is
-selected keeps one, so no image is ever deleted by this DAG.
+selected keeps one, so no image is ever deleted by this DAG. ``max_removals`` caps a run at half
+of the repository's tags: a wrong pattern fails the dry run, and nothing is removed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ RULES = [
     {"tag_pattern": "pr-*", "older_than_days": 14},
 ]
 PROTECT = ["v*", "prod", "stable"]
+CAP = "50%"
 
 with DAG(
     dag_id="example_ecr_tag_hygiene",
@@ -33,6 +35,7 @@ with DAG(
         repository_name="{{ params.repository }}",
         rules=RULES,
         protect=PROTECT,
+        max_removals=CAP,
         dry_run=True,
     )
     clean_up = EcrTagHygieneOperator(
@@ -40,5 +43,6 @@ with DAG(
         repository_name="{{ params.repository }}",
         rules=RULES,
         protect=PROTECT,
+        max_removals=CAP,
     )
     report >> clean_up

@@ -2,8 +2,9 @@
 
 Each scenario seeds fresh repositories of the double (``repositories``: the ones whose state the
 suite checks), then runs the task. Between them they make every ECR call the package makes:
-BatchGetImage, PutImage, DescribeImages (paginated and by digest), BatchDeleteImage and
-DescribeRepositories, DescribeImageScanFindings and StartImageScan.
+BatchGetImage, PutImage, DescribeImages (paginated and by digest), BatchDeleteImage,
+DescribeRepositories (by name for a release, paginated for hygiene over a glob),
+DescribeImageScanFindings and StartImageScan.
 """
 
 from __future__ import annotations
@@ -109,6 +110,27 @@ def run_release() -> Any:
     ).execute(make_context())
 
 
+def seed_hygiene_glob(ecr: EcrDouble) -> None:
+    seed_hygiene(ecr)
+    ecr.create_repository("team/web")
+    ecr.push("team/web", build_image("oci", "web"), ["pr-2", "web-1"], pushed_at=EPOCH - timedelta(days=30))
+
+
+def run_hygiene_glob() -> Any:
+    from airflow_ecr_retag import EcrTagHygieneOperator
+
+    # One repository at a time, so each clean run makes its calls in one order (the matrix's n-th call).
+    return EcrTagHygieneOperator(
+        task_id="hygiene_glob",
+        repository_name="team/*",
+        rules=[{"tag_pattern": "latest"}, {"tag_pattern": "sha-*", "keep_latest": 2}, {"tag_pattern": "pr-*"}],
+        protect=["v*"],
+        max_removals="50%",
+        max_concurrent_repositories=1,
+        **RETRYING,
+    ).execute(make_context())
+
+
 def seed_scan_gate(ecr: EcrDouble) -> None:
     ecr.create_repository(REPO)
     digest = ecr.push(REPO, build_image("oci", "built"), ["sha-1"], pushed_at=EPOCH)
@@ -163,4 +185,5 @@ SCENARIOS = [
     Scenario("release", seed_release, run_release, RELEASE_REPOS),
     Scenario("rollback", seed_rollback, run_rollback),
     Scenario("scan_gate", seed_scan_gate, run_scan_gate),
+    Scenario("hygiene-glob", seed_hygiene_glob, run_hygiene_glob, (REPO, "team/web")),
 ]

@@ -170,6 +170,31 @@ CASES = [
     ("scan_gate", {"ignore_findings": ["CVE-2024-0001", ""]}, {}, "ignore_findings[1]"),
     ("scan_gate", {"only_fixable": "yes"}, {}, "only_fixable"),
     ("scan_gate", {"start_scan": 1}, {}, "start_scan"),
+    # hygiene on real registries: the removal cap, pull times, the survivor, several repositories
+    ("hygiene", {"max_removals": -1}, {}, "max_removals"),
+    ("hygiene", {"max_removals": "{{ params.cap }}"}, {"cap": "-5"}, "max_removals"),
+    ("hygiene", {"max_removals": "120%"}, {}, "max_removals"),
+    ("hygiene", {"max_removals": "lots"}, {}, "max_removals"),
+    ("hygiene", {"max_removals": 2.5}, {}, "max_removals"),
+    ("hygiene", {"max_removals": True}, {}, "max_removals"),
+    ("hygiene", {"protect_pulled_within_days": -1}, {}, "protect_pulled_within_days"),
+    ("hygiene", {"protect_pulled_within_days": "30"}, {}, "protect_pulled_within_days"),
+    ("hygiene", {"last_tag_preference": [3]}, {}, "last_tag_preference"),
+    ("hygiene", {"last_tag_preference": {"v*": 1}}, {}, "last_tag_preference"),
+    ("hygiene", {"last_tag_preference": ["v*", ""]}, {}, "last_tag_preference"),
+    ("hygiene", {"include_archived": "yes"}, {}, "include_archived"),
+    ("hygiene", {"repository_name": "Team/*"}, {}, "repository_name"),
+    ("hygiene", {"repository_name": ["team/app", "Team/App"]}, {}, "repository_name[1]"),
+    ("hygiene", {"repository_name": ["team/app", "team/app"]}, {}, "repository_name"),
+    ("hygiene", {"repository_name": "{{ params.repos }}"}, {"repos": "[]"}, "repository_name"),
+    ("hygiene", {"max_concurrent_repositories": 0}, {}, "max_concurrent_repositories"),
+]
+
+# Input errors only a read can find: refused before any write, after the reads that found them.
+# (operator, overrides, params for Jinja, field the message names, the calls made)
+READ_CASES = [
+    ("hygiene", {"repository_name": "nothing/*"}, {}, "repository_name", {"DescribeRepositories": 1}),
+    ("hygiene", {"repository_name": ["team/app", "nothing/*"]}, {}, "repository_name", {"DescribeRepositories": 1}),
 ]
 
 
@@ -211,6 +236,22 @@ def test_bad_input(ecr, kind, overrides, params, field):
     assert error.value.field == field
     assert str(error.value).startswith(f"{field}: ")
     assert ecr.total_calls == 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "overrides", "params", "field", "calls"),
+    READ_CASES,
+    ids=[f"{c[0]}-{c[3]}-{i}" for i, c in enumerate(READ_CASES)],
+)
+def test_bad_input_found_by_a_read(ecr, kind, overrides, params, field, calls):
+    operator = build(kind, overrides)
+    context = render(operator, params)
+    with pytest.raises(InvalidInputError) as error:
+        operator.execute(context)
+    assert isinstance(error.value, AirflowFailException)
+    assert error.value.field == field
+    assert str(error.value).startswith(f"{field}: ")
+    assert ecr.write_calls == 0 and dict(ecr.calls) == calls
 
 
 def test_manifest_over_4_mib_from_the_registry_is_never_re_put(ecr):

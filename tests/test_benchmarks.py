@@ -59,6 +59,41 @@ def test_hygiene_benchmark_counts(double_env):
     assert "lower bound" in hygiene.report(results)
 
 
+def test_large_hygiene_benchmark_stays_within_the_lower_bound_plus_the_recheck(double_env):
+    endpoint, remote = double_env
+    results = hygiene.run_large(endpoint, remote, images=2500)
+    [dry], [real] = results["dry run"], results["real"]
+    expected = real["expected"]
+    assert expected["images"] == 2500 and expected["tags"] == 7501
+    assert dry["calls"] == {"DescribeImages": 3}  # ceil(2,500 / 1000) pages, the lower bound
+    deletes = math.ceil(expected["removals"] / 100)
+    # The re-check reads the 3 pages again: cheaper than ceil(affected images / 100) by digest.
+    assert real["calls"] == {"DescribeImages": 3 + 3, "BatchDeleteImage": deletes}
+    assert sum(real["calls"].values()) == hygiene.lower_bound(expected, False) + hygiene.recheck_bound(expected)
+    assert dry["removed"] == real["removed"] == expected["removals"]
+    assert real["tags_left"] == expected["tags"] - expected["removals"]
+    assert real["server_cpu"] > 0 and len(real["load"]) == 2
+    assert "lower bound + re-check" in hygiene.report(results)
+
+
+def test_many_repositories_benchmark_counts(double_env):
+    endpoint, remote = double_env
+    results = hygiene.run_many(endpoint, remote, repositories=5, images=30, concurrency=(1, 3))
+    for workers in ("1", "3"):
+        result = results[workers]
+        expected = result["expected"]
+        assert result["repositories"] == 5 and result["removed"] == expected["removals"]
+        per_repository = expected["removals"] // 5
+        # One DescribeRepositories page; per repository its page, the re-check (1 call) and its batches.
+        assert result["calls"] == {
+            "DescribeRepositories": 1,
+            "DescribeImages": 5 * 2,
+            "BatchDeleteImage": 5 * math.ceil(per_repository / 100),
+        }
+        assert result["tags_left"] == expected["tags"] - expected["removals"]
+    assert "| 3 | 5 x 30 |" in hygiene.report_many(results)
+
+
 @pytest.mark.timing
 def test_waiting_benchmark_outcomes(double_env):
     endpoint, _ = double_env

@@ -3,11 +3,12 @@
 Read: :func:`fetch_images` (BatchGetImage, 100 references a call, all manifest media types
 accepted so ECR never translates) and :func:`fetch_images_async` for the triggers,
 :func:`describe_image`, :func:`describe_images` (by digest, 100 a call), :func:`describe_all`
-(the DescribeImages paginator), :func:`describe_repositories` (for tag mutability, with
-:func:`tag_is_immutable`), :func:`scan_findings_pages` and :func:`scan_findings_pages_async`
-(the DescribeImageScanFindings paginator). Write: :func:`put_tag`, :func:`remove_tags`,
-:func:`start_image_scan` (and :func:`start_image_scan_async`). Optional API arguments go through
-:func:`pruned`, so ``registry_id=None`` means the caller's own registry.
+(the DescribeImages paginator), :func:`list_repositories` (the DescribeRepositories paginator),
+:func:`describe_repositories` (by name, for tag mutability, with :func:`tag_is_immutable`),
+:func:`scan_findings_pages` and :func:`scan_findings_pages_async` (the DescribeImageScanFindings
+paginator). Write: :func:`put_tag`, :func:`remove_tags`, :func:`start_image_scan` (and
+:func:`start_image_scan_async`). Optional API arguments go through :func:`pruned`, so
+``registry_id=None`` means the caller's own registry.
 """
 
 from __future__ import annotations
@@ -18,13 +19,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_ecr_retag.core.errors import DigestMismatchError, ImmutableTagError, ManifestTooLargeError, error_code
-from airflow_ecr_retag.core.limits import MAX_IMAGE_IDS, MAX_MANIFEST_CHARS, MAX_REPOSITORY_NAMES, MAX_RESULTS
+from airflow_ecr_retag.core.limits import (
+    MAX_IMAGE_IDS,
+    MAX_MANIFEST_CHARS,
+    MAX_REPOSITORY_NAMES,
+    MAX_REPOSITORY_RESULTS,
+    MAX_RESULTS,
+)
 from airflow_ecr_retag.core.manifests import MANIFEST_MEDIA_TYPES, declared_media_type, manifest_digest
 
 #: DescribeImages page size used for whole-repository reads: the most ECR allows.
 DESCRIBE_PAGE_SIZE = MAX_RESULTS
 #: DescribeImageScanFindings page size: the most ECR allows, so most scans are one call.
 SCAN_FINDINGS_PAGE_SIZE = MAX_RESULTS
+#: ``imageStatus`` values (ImageDetail), and the DescribeImages ``filter.imageStatus`` that reads
+#: every image: without a filter ECR returns only ACTIVE images.
+IMAGE_ACTIVE, IMAGE_ARCHIVED, IMAGE_ACTIVATING = "ACTIVE", "ARCHIVED", "ACTIVATING"
+ANY_IMAGE_STATUS = "ANY"
 
 
 def pruned(**params: Any) -> dict[str, Any]:
@@ -177,14 +188,27 @@ def describe_images(
     return details
 
 
-def describe_all(client: Any, repository_name: str, registry_id: str | None = None) -> Iterator[list[dict[str, Any]]]:
-    """Every image of the repository, a DescribeImages page (1000 images) at a time."""
+def describe_all(
+    client: Any, repository_name: str, registry_id: str | None = None, image_status: str | None = None
+) -> Iterator[list[dict[str, Any]]]:
+    """Every image of the repository, a DescribeImages page (1000 images) at a time: the ACTIVE
+    ones, or those of ``filter.imageStatus`` ``image_status`` (:data:`ANY_IMAGE_STATUS`: all)."""
     paginator = client.get_paginator("describe_images")
+    status_filter = {"imageStatus": image_status} if image_status is not None else None
     for page in paginator.paginate(
-        **pruned(registryId=registry_id, repositoryName=repository_name),
+        **pruned(registryId=registry_id, repositoryName=repository_name, filter=status_filter),
         PaginationConfig={"PageSize": DESCRIBE_PAGE_SIZE},
     ):
         yield page.get("imageDetails", [])
+
+
+def list_repositories(client: Any, registry_id: str | None = None) -> Iterator[list[dict[str, Any]]]:
+    """Every repository of the registry, a DescribeRepositories page (1000 repositories) at a time."""
+    paginator = client.get_paginator("describe_repositories")
+    for page in paginator.paginate(
+        **pruned(registryId=registry_id), PaginationConfig={"PageSize": MAX_REPOSITORY_RESULTS}
+    ):
+        yield page.get("repositories", [])
 
 
 def current_digest(client: Any, repository_name: str, tag: str, registry_id: str | None = None) -> str | None:

@@ -64,7 +64,11 @@ class ManifestTooLargeError(EcrRetagError):
 
 
 class HygieneFailedError(EcrRetagError):
-    """Some tag removals failed; the report names them."""
+    """Some tag removals failed (or, over several repositories, some repositories); the report names them."""
+
+
+class RemovalCapExceededError(EcrRetagError):
+    """Hygiene planned more removals than ``max_removals`` allows: nothing was removed."""
 
 
 class ReleaseCheckFailedError(EcrRetagError):

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 #: imageIds per BatchGetImage, BatchDeleteImage and DescribeImages call.
 MAX_IMAGE_IDS = 100
-#: repositoryNames per DescribeRepositories call.
-MAX_REPOSITORY_NAMES = 100
 #: An image tag's length in characters (the API's limit; the OCI grammar allows 128).
 MAX_TAG_CHARS = 300
 #: The PutImage ``imageManifest`` parameter, in characters.
@@ -18,6 +16,11 @@ MAX_MANIFEST_CHARS = 4_194_304
 MAX_RESULTS = 1000
 #: ... and this when it is not given.
 DEFAULT_MAX_RESULTS = 100
+#: DescribeRepositories ``maxResults``: 1 to this (100 when it is not given).
+MAX_REPOSITORY_RESULTS = 1000
+DEFAULT_REPOSITORY_RESULTS = 100
+#: DescribeRepositories ``repositoryNames``: 1 to this.
+MAX_REPOSITORY_NAMES = 100
 #: A repository name's length in characters.
 MIN_REPOSITORY_NAME_CHARS = 2
 MAX_REPOSITORY_NAME_CHARS = 256

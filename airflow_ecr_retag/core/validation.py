@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 from typing import Any
 
@@ -311,3 +312,95 @@ def finding_names(value: Any, field: str) -> tuple[str, ...]:
     if not isinstance(items, (list, tuple, set, frozenset)):
         raise InvalidInputError(field, "must be a finding name (a CVE id) or a list of them", value)
     return tuple(_text(f"{field}[{i}]", item) for i, item in enumerate(items))
+
+
+def non_negative_int(value: Any, field: str) -> int:
+    """An integer, zero or more (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInputError(field, "must be a non-negative integer", value)
+    return value
+
+
+def days(value: Any, field: str) -> float:
+    """A number of days, zero or more (not a bool, not NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
+        raise InvalidInputError(field, "must be a non-negative number of days", value)
+    return value
+
+
+def bounded_int(value: Any, field: str, low: int, high: int) -> int:
+    """An integer from ``low`` to ``high`` (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInputError(field, f"must be an integer from {low} to {high}", value)
+    return value
+
+
+#: A repository glob: the characters of repository names and the shell wildcards ``* ? [ ] !``.
+REPOSITORY_GLOB_RE = re.compile(r"[a-z0-9._/*?\[\]!-]+")
+GLOB_CHARACTERS = frozenset("*?[")
+
+
+def is_glob(value: str) -> bool:
+    """Whether a repository name is a glob (no repository name has a wildcard)."""
+    return any(c in GLOB_CHARACTERS for c in value)
+
+
+def repository_glob(value: Any, field: str = "repository_name") -> str:
+    value = _text(field, value)
+    if len(value) > MAX_REPOSITORY_NAME_CHARS or not REPOSITORY_GLOB_RE.fullmatch(value):
+        raise InvalidInputError(
+            field,
+            "must be a glob of repository names: lower-case letters, digits, '.', '_', '-', '/' and the "
+            f"wildcards '*', '?', '[...]', at most {MAX_REPOSITORY_NAME_CHARS} characters",
+            value,
+        )
+    return value
+
+
+def repositories(value: Any, field: str = "repository_name") -> tuple[list[str], bool]:
+    """A repository name, a glob of names, or a list of names and globs: the items in order, and
+    whether a single name was given (not a glob, not a list). :func:`is_glob` tells them apart."""
+    value = _rendered(value)
+    if isinstance(value, str):
+        if is_glob(value):
+            return [repository_glob(value, field)], False
+        return [repository_name(value, field)], True
+    if not isinstance(value, (list, tuple)):
+        raise InvalidInputError(field, "must be a repository name, a glob of names, or a list of them", value)
+    if not value:
+        raise InvalidInputError(field, "must name at least one repository", value)
+    items = [
+        repository_glob(item, f"{field}[{i}]")
+        if isinstance(item, str) and is_glob(item)
+        else repository_name(item, f"{field}[{i}]")
+        for i, item in enumerate(value)
+    ]
+    repeats = sorted({item for item in items if items.count(item) > 1})
+    if repeats:
+        raise InvalidInputError(field, f"must not repeat a repository: {', '.join(repeats)}", value)
+    return items, False
+
+
+_PERCENT_RE = re.compile(r"(\d+(?:\.\d+)?)\s*%")
+
+
+def removal_cap(value: Any, field: str = "max_removals") -> tuple[float, bool]:
+    """A cap on removals: an integer (or its text), or a share of the tags scanned such as
+    ``"20%"`` (0-100%). Returns (number, is_percentage)."""
+    if isinstance(value, str) and value.strip().startswith("-"):
+        raise InvalidInputError(field, "must not be negative", value)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise InvalidInputError(field, "must not be negative", value)
+        return value, False
+    if isinstance(value, str):
+        match = _PERCENT_RE.fullmatch(value.strip())
+        if match is None:
+            raise InvalidInputError(field, "must be an integer or a percentage such as '20%'", value)
+        share = float(match.group(1))
+        if share > 100:
+            raise InvalidInputError(field, "must be a percentage from 0% to 100%", value)
+        return share, True
+    raise InvalidInputError(field, "must be an integer or a percentage such as '20%'", value)

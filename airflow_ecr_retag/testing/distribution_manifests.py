@@ -18,7 +18,7 @@ from werkzeug.wrappers import Response
 
 from airflow_ecr_retag.core.limits import MAX_MANIFEST_CHARS
 from airflow_ecr_retag.core.manifests import MANIFEST_MEDIA_TYPES, OCI_INDEX, manifest_digest
-from airflow_ecr_retag.testing import referrers
+from airflow_ecr_retag.testing import image_status, referrers
 from airflow_ecr_retag.testing import request_rules as rules
 from airflow_ecr_retag.testing.distribution_api import V2Error, V2Request, from_ecr_error
 from airflow_ecr_retag.testing.handlers import put_image
@@ -51,6 +51,9 @@ def get_manifest(request: V2Request) -> Response:
     image_id = {"imageDigest": reference} if _is_digest(reference) else {"imageTag": reference}
     with request.double._lock:
         image, _ = rules.find_image(images_of(request.repository), image_id)
+        now = request.double.clock()
+        if image is not None and not image_status.pullable(image, now):
+            raise V2Error(404, "MANIFEST_UNKNOWN", f"Requested image is {image.status_at(now)}")
     if image is None:
         raise V2Error(404, "MANIFEST_UNKNOWN", "Requested image not found")
     accepted = _accepted(request.http.headers.get("Accept"))
@@ -65,6 +68,8 @@ def get_manifest(request: V2Request) -> Response:
     headers = {"Docker-Content-Digest": manifest_digest(manifest), "Content-Length": str(len(body))}
     if request.http.method == "HEAD":
         return Response(None, 200, headers=headers, content_type=media_type)
+    with request.double._lock:
+        image_status.record_pull(image, now)
     return Response(body, 200, headers=headers, content_type=media_type)
 
 

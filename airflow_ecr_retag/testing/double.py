@@ -31,9 +31,9 @@ from typing import Any, ClassVar
 
 from moto import mock_aws
 
-from airflow_ecr_retag.testing import blob_urls, registries, registry_auth, store
+from airflow_ecr_retag.testing import blob_urls, image_status, registries, registry_auth, store
 from airflow_ecr_retag.testing.blob_store import Blob, BlobStore, BytesBlob, read_all
-from airflow_ecr_retag.testing.images import BuiltImage
+from airflow_ecr_retag.testing.images import BuiltImage, build_image, build_variant
 from airflow_ecr_retag.testing.moto_install import installed
 from airflow_ecr_retag.testing.recording import (
     WRITE_OPERATIONS,
@@ -68,6 +68,8 @@ DEFAULT_REGION = "us-east-1"
 #: How long a GetDownloadUrlForLayer URL stays valid by default. ECR documents no lifetime (on a
 #: 403, ask again); an hour is what the double chooses.
 DEFAULT_DOWNLOAD_URL_SECONDS = 3600
+#: How long a restore from the archive stays ACTIVATING by default: ECR's "typically up to 20 minutes".
+DEFAULT_ACTIVATION_SECONDS = 20 * 60
 
 
 class EcrDouble(CallRecording, ScanSeeding):
@@ -101,10 +103,13 @@ class EcrDouble(CallRecording, ScanSeeding):
         self.region_name = region_name
         self.serve = server
         self.endpoint_url: str | None = None
-        #: The double's clock, for the expiry of blob URLs and registry passwords and the progress of
-        #: scans: replace it (``ecr.clock = lambda: time.time() + 7200``) to test what happens after
-        #: one expires or finishes.
+        #: The double's clock, for the expiry of blob URLs and registry passwords, the progress of
+        #: scans, the end of a restore from the archive and recorded pull times: replace it
+        #: (``ecr.clock = lambda: time.time() + 7200``) to test what happens after one expires.
         self.clock: Callable[[], float] = time.time
+        #: How long an image restored with UpdateImageStorageClass stays ACTIVATING, in seconds of
+        #: :attr:`clock` (0: ACTIVE at once).
+        self.activation_seconds: float = DEFAULT_ACTIVATION_SECONDS
         #: How long a presigned blob URL is valid, in seconds.
         self.download_url_seconds = DEFAULT_DOWNLOAD_URL_SECONDS
         #: Signs blob URLs and registry passwords; a new one per double.
@@ -297,6 +302,51 @@ class EcrDouble(CallRecording, ScanSeeding):
             pushed_at = pushed_at.timestamp()
         with self._lock:
             store.images_of(self._repository(repository_name, **where)).by_digest[digest].pushed_at = pushed_at
+
+    def set_last_pulled(
+        self, repository_name: str, digest: str, pulled_at: datetime | float | None, **where: Any
+    ) -> None:
+        """Set an image's ``lastRecordedPullTime`` directly, as if it was pulled then (None: never)."""
+        if isinstance(pulled_at, datetime):
+            pulled_at = pulled_at.timestamp()
+        with self._lock:
+            store.images_of(self._repository(repository_name, **where)).by_digest[digest].last_pulled = pulled_at
+
+    def set_image_status(self, repository_name: str, digest: str, status: str, **where: Any) -> None:
+        """Put an image in ``imageStatus`` ACTIVE, ARCHIVED or ACTIVATING (restoring for
+        :attr:`activation_seconds` from now) directly, as UpdateImageStorageClass would (not counted)."""
+        with self._lock:
+            images = store.images_of(self._repository(repository_name, **where))
+            image_status.set_status(images, images.by_digest[digest], status, self.clock(), self.activation_seconds)
+
+    def seed_many(self, repository_name: str, images: Iterable[dict[str, Any]], **where: Any) -> list[str]:
+        """Store many small single-platform images directly (not counted), fast enough for a
+        repository of 100,000: one shared config and layer, each manifest told apart by an
+        annotation (:func:`~airflow_ecr_retag.testing.images.build_variant`).
+
+        Each of ``images`` is a dict with ``name`` (distinct names give distinct images), and
+        optionally ``tags``, ``pushed_at``, ``last_pulled`` (epoch seconds) and ``status``
+        (ACTIVE, ARCHIVED, ACTIVATING). Returns the digests, in order.
+        """
+        repository = self._repository(repository_name, **where)
+        base = build_image("oci", "seed-many")
+        digests = []
+        with self._lock:
+            for blob in base.blobs.values():
+                store.record_blob(repository, self.blobs.add(blob))
+            for spec in images:
+                variant = build_variant(base, spec["name"])
+                stored = store.store_image(repository, variant.manifest, variant.media_type, spec.get("pushed_at"))
+                for tag in spec.get("tags", ()):
+                    store.move_tag(repository, stored, tag)
+                stored.last_pulled = spec.get("last_pulled", stored.last_pulled)
+                if spec.get("status"):
+                    image_status.set_status(
+                        store.images_of(repository), stored, spec["status"], self.clock(), self.activation_seconds
+                    )
+                stored.size  # noqa: B018 - parsed now, not by the first DescribeImages page that shows it
+                digests.append(stored.digest)
+        return digests
 
     def delete_tag(self, repository_name: str, tag: str, **where: Any) -> None:
         """Remove ``tag`` directly, as another actor's BatchDeleteImage by tag would: the image

@@ -16,6 +16,7 @@ from moto.core.responses import ActionResult
 from moto.ecr.responses import ECRResponse
 
 from airflow_ecr_retag.core.manifests import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, manifest_digest
+from airflow_ecr_retag.testing import image_status
 from airflow_ecr_retag.testing import request_rules as rules
 from airflow_ecr_retag.testing.request_rules import EcrError
 from airflow_ecr_retag.testing.scanning import scan_on_push
@@ -26,6 +27,7 @@ from airflow_ecr_retag.testing.store import (
     describe,
     ids_of,
     images_of,
+    json_answer,
     move_tag,
     store_image,
     untag,
@@ -47,11 +49,14 @@ class ImageOperationHandlers(ECRResponse):
         return self.ecr_backend._get_repository(self._get_param("repositoryName"), self._get_param("registryId"))
 
     def _listing(self) -> tuple[Any, list[StoredImage]]:
-        """The repository and its images kept by ``filter.tagStatus`` (a snapshot, for paging)."""
+        """The repository and its images kept by ``filter.tagStatus`` and ``filter.imageStatus``
+        (a snapshot, for paging)."""
         repository = self._repo()
         status = (self._get_param("filter") or {}).get("tagStatus", "ANY")
+        statuses = image_status.status_filter((self._get_param("filter") or {}).get("imageStatus"))
         with self.double._lock:
-            images = list(images_of(repository).by_digest.values())
+            store = images_of(repository)
+            images = image_status.keep_statuses(store, list(store.by_digest.values()), statuses, self.double.clock())
         if status == "TAGGED":
             images = [i for i in images if i.tags]
         elif status == "UNTAGGED":
@@ -77,14 +82,14 @@ class ImageOperationHandlers(ECRResponse):
         with self.double._lock:
             store = images_of(repository)
             for image_id in image_ids:
-                image, failure = _fetched(repository, store, image_id, accepted)
+                image, failure = _fetched(repository, store, image_id, accepted, self.double.clock())
                 if failure:
                     failures.append(failure)
                 else:
                     images.append(image)
         return ActionResult({"images": images, "failures": failures})
 
-    def batch_delete_image(self) -> ActionResult:
+    def batch_delete_image(self) -> tuple[bytes, dict[str, Any]]:
         """BatchDeleteImage: each image id answered on its own; a tag goes alone unless it is the last."""
         repository = self._repo()
         image_ids = rules.check_id_count(self._get_param("imageIds"))
@@ -96,10 +101,11 @@ class ImageOperationHandlers(ECRResponse):
                 deleted.extend(gone)
                 if failure:
                     failures.append(failure)
-        return ActionResult({"imageIds": deleted, "failures": failures})
+        return json_answer({"imageIds": deleted, "failures": failures})
 
-    def describe_images(self) -> ActionResult:
-        """DescribeImages: the named images (all must exist), or a page of the filtered listing."""
+    def describe_images(self) -> tuple[bytes, dict[str, Any]]:
+        """DescribeImages: the named images (all must exist), or a page of the filtered listing
+        (serialised by :func:`~airflow_ecr_retag.testing.store.json_answer`: pages of 1,000)."""
         image_ids = self._get_param("imageIds")
         if image_ids is not None:
             if self._get_param("nextToken") is not None or self._get_param("maxResults") is not None:
@@ -109,12 +115,13 @@ class ImageOperationHandlers(ECRResponse):
                 )
             repository = self._repo()
             with self.double._lock:
-                details = _details_for_ids(repository, images_of(repository), image_ids)
-            return ActionResult({"imageDetails": details})
+                details = _details_for_ids(repository, images_of(repository), image_ids, self.double.clock())
+            return json_answer({"imageDetails": details})
         repository, images = self._listing()
         page, token = rules.paginate(images, self._get_param("maxResults"), self._get_param("nextToken"))
-        details = [describe(repository, i) for i in page]
-        return ActionResult({"imageDetails": details, **({"nextToken": token} if token else {})})
+        now = self.double.clock()
+        details = [describe(repository, i, now) for i in page]
+        return json_answer({"imageDetails": details, **({"nextToken": token} if token else {})})
 
     def list_images(self) -> ActionResult:
         """ListImages: a page of image ids, one per tag (see :func:`~airflow_ecr_retag.testing.store.ids_of`)."""
@@ -143,8 +150,13 @@ def put_image(
             rules.check_layers_present(repository, document)
         holder = store.by_tag.get(tag) if tag is not None else None
         rules.check_tag_overwritable(repository, tag, holder)
-        rules.check_not_already_pushed(repository, digest, tag, store.by_digest.get(digest), holder)
+        existing = store.by_digest.get(digest)
+        # Pushing an archived image again restores it: a change, never "already exists".
+        archived = existing is not None and not image_status.pullable(existing, double.clock())
+        rules.check_not_already_pushed(repository, digest, tag, None if archived else existing, holder)
         image = store_image(repository, manifest, media_type, None)
+        if archived:
+            image_status.restore_now(store, image, double.clock())
         if tag is not None:
             move_tag(repository, image, tag)
         scan_on_push(double, repository, image)
@@ -163,18 +175,21 @@ def _image_response(repository: Any, image_id: dict, manifest: str, media_type: 
 
 
 def _fetched(
-    repository: Any, store: RepoImages, image_id: dict, accepted: list[str]
+    repository: Any, store: RepoImages, image_id: dict, accepted: list[str], now: float
 ) -> tuple[dict | None, dict | None]:
-    """BatchGetImage for one image id: the image as served, or the failure reported for it."""
+    """BatchGetImage for one image id: the image as served (a pull, recorded), or the failure reported for it."""
     image, failure = rules.find_image(store, image_id)
     if failure:
         return None, failure
     assert image is not None
+    if not image_status.pullable(image, now):
+        return None, rules.failure(image_id, "ImageNotFound", f"Requested image is {image.status_at(now)}")
     served = rules.manifest_as_accepted(image, accepted, by_digest="imageDigest" in image_id)
     if served is None:
         reason = f"Requested image's manifest media type '{image.media_type}' is not in acceptedMediaTypes"
         return None, rules.failure(image_id, "ImageNotFound", reason)
     manifest, media_type = served
+    image_status.record_pull(image, now)
     # The digest of the bytes served: a translated manifest has a new one.
     echoed_tag = {"imageTag": image_id["imageTag"]} if "imageTag" in image_id else {}
     echoed = {"imageDigest": manifest_digest(manifest), **echoed_tag}
@@ -201,14 +216,14 @@ def _delete(repository: Any, store: RepoImages, image_id: dict) -> tuple[list[di
     return deleted, None
 
 
-def _details_for_ids(repository: Any, store: RepoImages, image_ids: list) -> list[dict[str, Any]]:
-    """DescribeImages by image ids: each image once, however many ids name it; an id naming
-    nothing fails the whole call, as ECR does."""
+def _details_for_ids(repository: Any, store: RepoImages, image_ids: list, now: float) -> list[dict[str, Any]]:
+    """DescribeImages by image ids: each image once, however many ids name it, whatever its
+    status; an id naming nothing fails the whole call, as ECR does."""
     details: list[dict[str, Any]] = []
     for image_id in rules.check_id_count(image_ids):
         image, failure = rules.find_image(store, image_id)
         if failure:
             raise rules.image_not_found(repository, image_id)
         if image is not None and all(d["imageDigest"] != image.digest for d in details):
-            details.append(describe(repository, image))
+            details.append(describe(repository, image, now))
     return details

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 #: The kinds of image :func:`build_image` makes.
 IMAGE_KINDS = ("docker", "oci", "oci-no-mediatype", "oci-index", "docker-list")
 DEFAULT_PLATFORMS = ("linux/amd64", "linux/arm64")
+#: The manifest annotation that tells apart the variants of one image (:func:`build_variant`).
+VARIANT_ANNOTATION = "dev.airflow-ecr-retag.variant"
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,19 @@ def build_image(
     if kind == "docker-list":
         return _index(name, oci=False, platforms=platforms, layer_bytes=layer_bytes)
     raise ValueError(f"kind must be one of {', '.join(IMAGE_KINDS)}, not {kind!r}")
+
+
+def build_variant(image: BuiltImage, name: str) -> BuiltImage:
+    """``image`` (single-platform) with an annotation naming it: the same blobs, a new digest.
+
+    What seeding a repository of 100,000 images needs: distinct images, each built in
+    microseconds, sharing one config and one layer.
+    """
+    if image.children:
+        raise ValueError("build_variant takes a single-platform image, not an index")
+    document = json.loads(image.manifest)
+    document["annotations"] = {**document.get("annotations", {}), VARIANT_ANNOTATION: name}
+    return BuiltImage(manifest=_dump(document), media_type=image.media_type, blobs=image.blobs)
 
 
 def build_referrer(

@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 from moto.ecr.responses import ECRResponse
 
 from airflow_ecr_retag.testing.handlers import ImageOperationHandlers
+from airflow_ecr_retag.testing.image_status import ImageStatusHandlers
 from airflow_ecr_retag.testing.layer_transfer import LayerTransferHandlers
 from airflow_ecr_retag.testing.referrers import ReferrerHandlers
 from airflow_ecr_retag.testing.registries import RegistryHandlers
 from airflow_ecr_retag.testing.registry_auth import AuthorizationHandlers
+from airflow_ecr_retag.testing.repository_listing import RepositoryListingHandlers
 from airflow_ecr_retag.testing.scanning import ScanningHandlers
 
 if TYPE_CHECKING:
@@ -38,6 +40,8 @@ HANDLER_CLASSES: tuple[type[ECRResponse], ...] = (
     ReferrerHandlers,
     AuthorizationHandlers,
     ScanningHandlers,
+    ImageStatusHandlers,
+    RepositoryListingHandlers,
 )
 
 _install_lock = threading.Lock()

@@ -38,6 +38,7 @@ WRITE_OPERATIONS = frozenset(
         "StartImageScan",
         "PutImageScanningConfiguration",
         "PutRegistryScanningConfiguration",
+        "UpdateImageStorageClass",
         # The OCI distribution API (see distribution_api.OPERATIONS).
         "V2PutManifest",
         "V2DeleteManifest",

@@ -15,15 +15,13 @@ from moto.ecr.responses import ECRResponse
 
 from airflow_ecr_retag.core.limits import DEFAULT_REFERRERS_RESULTS, MAX_REFERRER_ARTIFACT_TYPES, MAX_REFERRERS_RESULTS
 from airflow_ecr_retag.core.manifests import INDEX_MEDIA_TYPES
+from airflow_ecr_retag.testing import image_status
 from airflow_ecr_retag.testing import request_rules as rules
 from airflow_ecr_retag.testing.request_rules import EcrError
 from airflow_ecr_retag.testing.store import StoredImage, images_of
 
 if TYPE_CHECKING:
     from airflow_ecr_retag.testing.double import EcrDouble
-
-#: Every image of the double is ACTIVE (the archive is not modelled): what each status filter keeps.
-_STATUS_KEEPS_ACTIVE = {"ACTIVE": True, "ANY": True, "ARCHIVED": False, "ACTIVATING": False}
 
 
 def artifact_type(image: StoredImage) -> str | None:
@@ -80,9 +78,11 @@ class ReferrerHandlers(ECRResponse):
                 "Invalid parameter at 'filter.artifactTypes' failed to satisfy constraint: "
                 f"'Member must have length less than or equal to {MAX_REFERRER_ARTIFACT_TYPES}'",
             )
+        statuses = image_status.status_filter(query.get("artifactStatus"), "filter.artifactStatus")
+        now = self.double.clock()
         found = referrers(self.double, repository, subject, kinds)
-        if not _STATUS_KEEPS_ACTIVE.get(query.get("artifactStatus", "ACTIVE"), False):
-            found = []
+        with self.double._lock:
+            found = image_status.keep_statuses(images_of(repository), found, statuses, now)
         page, token = rules.paginate(
             found,
             self._get_param("maxResults"),
@@ -90,5 +90,5 @@ class ReferrerHandlers(ECRResponse):
             limit=MAX_REFERRERS_RESULTS,
             default=DEFAULT_REFERRERS_RESULTS,
         )
-        entries = [{**descriptor(image), "artifactStatus": "ACTIVE"} for image in page]
+        entries = [{**descriptor(image), "artifactStatus": image.status_at(now)} for image in page]
         return ActionResult({"referrers": entries, **({"nextToken": token} if token else {})})

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import socket
 import threading
 import time
@@ -68,6 +69,10 @@ def _seed(double: EcrDouble, body: dict[str, Any]) -> Any:
     }
 
 
+def _seed_many(double: EcrDouble, body: dict[str, Any]) -> Any:
+    return {"digests": double.seed_many(body["repository"], body["images"], **_where(body))}
+
+
 def _move_tags(double: EcrDouble, body: dict[str, Any]) -> Any:
     for move in body["moves"]:
         double.move_tag(body["repository"], move["tag"], move["digest"], **_where(body))
@@ -98,15 +103,23 @@ def _memory(double: EcrDouble, body: dict[str, Any]) -> Any:
     return {name: int(fields[key].split()[0]) * 1024 for name, key in (("rss", "VmRSS"), ("peak", "VmHWM"))}
 
 
+def _cpu(double: EcrDouble, body: dict[str, Any]) -> Any:
+    """The CPU seconds the server process has used (user and system), for benchmarks on a shared machine."""
+    times = os.times()
+    return {"seconds": times.user + times.system}
+
+
 _CONTROL_ACTIONS: dict[str, Callable[[EcrDouble, dict[str, Any]], Any]] = {
     "calls": _calls,
     "reset-calls": _reset_calls,
     "create-repository": _create_repository,
     "seed": _seed,
+    "seed-many": _seed_many,
     "move-tags": _move_tags,
     "tags": _tags,
     "registry": _registry,
     "memory": _memory,
+    "cpu": _cpu,
 }
 
 
@@ -165,6 +178,11 @@ class RemoteEcrDouble:
         """Push images directly (not counted): each ``{"kind", "name", "tags", "pushed_at", "layer_bytes"}``."""
         return self._post("seed", repository=repository, images=images, **where)["digests"]
 
+    def seed_many(self, repository: str, images: list[dict[str, Any]], **where: str) -> list[str]:
+        """Store many small images fast (not counted), as :meth:`EcrDouble.seed_many`: each
+        ``{"name", "tags", "pushed_at", "last_pulled", "status"}``."""
+        return self._post("seed-many", repository=repository, images=images, **where)["digests"]
+
     def move_tags(self, repository: str, moves: list[dict[str, str]], **where: str) -> float:
         """Point tags at digests directly, as other actors' pushes would; returns the server's time."""
         return self._post("move-tags", repository=repository, moves=moves, **where)["at"]
@@ -175,6 +193,10 @@ class RemoteEcrDouble:
     def memory(self, *, reset_peak: bool = False) -> dict[str, int | None]:
         """The server's resident memory (``rss``) and its peak (``peak``), in bytes."""
         return self._post("memory", reset_peak=reset_peak)
+
+    def cpu_seconds(self) -> float:
+        """The CPU time the server process has used so far, in seconds."""
+        return self._post("cpu")["seconds"]
 
     def registry(self, **where: str) -> tuple[str, str, str]:
         """A registry's ``/v2/`` endpoint, user and password (``where``: ``registry_id``, ``region_name``)."""
