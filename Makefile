@@ -1,26 +1,48 @@
 # Every target sets up its own virtual environment: nothing depends on what the machine has.
+# VENV and CONSTRAINTS pick the set: .venv from constraints/tested.txt (the default), or .venv-floor
+# from constraints/floor.txt (the lowest supported versions; `make test-floor`).
 PYTHON ?= python3
 VENV ?= .venv
+CONSTRAINTS ?= constraints/tested.txt
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
+FLOOR := VENV=.venv-floor CONSTRAINTS=constraints/floor.txt
 
-.PHONY: demo test lint skopeo bench prove-timing clean
+.PHONY: demo test suite lint skopeo test-floor suite-floor bench prove-timing clean
 
-$(STAMP): pyproject.toml constraints/tested.txt
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints/tested.txt -e ".[test]"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[test]"
 	touch $@
 
 ## demo: the main job - the example release DAG in a real Airflow against the ECR double's server
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-## test: the house rules (ruff format and lint, import-linter's layers), then the whole suite
-## (pytest exit 5, "no tests collected", is a failure)
-test: lint skopeo
+# The whole suite; pytest exit 5, "no tests collected", is a failure.
+define run_suite
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+endef
+
+## test: the house rules (ruff format and lint, import-linter's layers), Debian's skopeo where
+## missing, then the whole suite
+test: lint skopeo
+	$(run_suite)
+
+## suite: the whole suite without the lint step
+suite: $(STAMP) skopeo
+	$(run_suite)
+
+## test-floor: `make test` on the floor set, in its own .venv-floor built from constraints/floor.txt
+test-floor:
+	$(MAKE) test $(FLOOR)
+
+## suite-floor: the whole suite on the floor set (what CI runs after `make test`: the lint step
+## checks the source, which is the same whatever the versions installed, so it runs once)
+suite-floor:
+	$(MAKE) suite $(FLOOR)
 
 ## skopeo: Debian's skopeo, the registry client of tests/test_registry_skopeo.py, installed with apt-get
 ## where it is missing (CI runs as root on Debian); where it cannot be, those tests skip and say why
@@ -50,4 +72,4 @@ prove-timing: $(STAMP)
 	$(PY) scripts/prove_timing.py --runs $(or $(RUNS),30)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-floor .pytest_cache

@@ -92,3 +92,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if extra:
         print(f"\nThe suite saw package code call ECR operations missing from the README's IAM policy: {sorted(extra)}")
         session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def built_distributions(tmp_path_factory: pytest.TempPathFactory):
+    """The sdist and the wheel, built once a session; ``built_package.install_wheel`` puts the wheel in a clean venv."""
+    from built_package import build
+
+    return build(tmp_path_factory.mktemp("dist"))

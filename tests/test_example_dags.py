@@ -26,7 +26,7 @@ def airflow_db():
 
 @pytest.fixture
 def dagbag():
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models import DagBag
 
     return DagBag(dag_folder=str(EXAMPLES))
 
