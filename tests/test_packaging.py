@@ -19,6 +19,7 @@ SUPPORTED = {
     "apache-airflow": None,
     "apache-airflow-providers-amazon": None,
     "apache-airflow-providers-common-compat": None,
+    "botocore": None,
     "aiobotocore": "async",
     "moto": "testing",
 }
