@@ -4,8 +4,16 @@ Read: :func:`fetch_images` (BatchGetImage, 100 references a call, all manifest m
 accepted so ECR never translates) and :func:`fetch_images_async` for the triggers,
 :func:`describe_image`, :func:`describe_images` (by digest, 100 a call), :func:`describe_all`
 (the DescribeImages paginator), :func:`describe_repositories` (for tag mutability, with
-:func:`tag_is_immutable`). Write: :func:`put_tag`, :func:`remove_tags`. Optional API
-arguments go through :func:`pruned`, so ``registry_id=None`` means the caller's own registry.
+:func:`tag_is_immutable`). Write: :func:`put_tag`, :func:`remove_tags`.
+
+For copies between repositories (:mod:`~airflow_ecr_retag.core.image_copy`): reads
+:func:`available_layers` (BatchCheckLayerAvailability, 100 digests a call), :func:`download_url`
+(GetDownloadUrlForLayer), :func:`list_referrers` (ListImageReferrers, every page); writes
+:func:`start_layer_upload`, :func:`upload_layer_part`, :func:`complete_layer_upload`,
+:func:`put_manifest` (PutImage by digest, untagged) and :func:`create_repository`.
+
+Optional API arguments go through :func:`pruned`, so ``registry_id=None`` means the caller's own
+registry.
 """
 
 from __future__ import annotations
@@ -16,7 +24,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_ecr_retag.core.errors import DigestMismatchError, ImmutableTagError, ManifestTooLargeError, error_code
-from airflow_ecr_retag.core.limits import MAX_IMAGE_IDS, MAX_MANIFEST_CHARS, MAX_REPOSITORY_NAMES, MAX_RESULTS
+from airflow_ecr_retag.core.limits import (
+    MAX_IMAGE_IDS,
+    MAX_LAYER_DIGESTS,
+    MAX_LAYER_PART_BYTES,
+    MAX_MANIFEST_CHARS,
+    MAX_REFERRERS_RESULTS,
+    MAX_REPOSITORY_NAMES,
+    MAX_RESULTS,
+    MIN_LAYER_PART_BYTES,
+)
 from airflow_ecr_retag.core.manifests import MANIFEST_MEDIA_TYPES, declared_media_type, manifest_digest
 
 #: DescribeImages page size used for whole-repository reads: the most ECR allows.
@@ -280,3 +297,157 @@ def remove_tags(
             **pruned(registryId=registry_id, repositoryName=repository_name, imageIds=[ref(tag=t) for t in batch])
         )
         yield response.get("imageIds", []), response.get("failures", [])
+
+
+# ---------------------------------------------------------------------- layers and referrers
+def available_layers(
+    client: Any, repository_name: str, digests: Sequence[str], registry_id: str | None = None
+) -> set[str]:
+    """BatchCheckLayerAvailability, 100 digests a call: the digests the repository has (AVAILABLE).
+
+    UNAVAILABLE (only another repository of the registry has it), ARCHIVED and the per-digest
+    failures (``MissingLayerDigest``) all mean: upload it.
+    """
+    available: set[str] = set()
+    for batch in chunks(list(digests), MAX_LAYER_DIGESTS):
+        response = client.batch_check_layer_availability(
+            **pruned(registryId=registry_id, repositoryName=repository_name, layerDigests=list(batch))
+        )
+        available |= {
+            layer["layerDigest"]
+            for layer in response.get("layers", [])
+            if layer.get("layerAvailability") == "AVAILABLE"
+        }
+    return available
+
+
+def download_url(client: Any, repository_name: str, digest: str, registry_id: str | None = None) -> str:
+    """GetDownloadUrlForLayer: a presigned URL of the blob (no credentials needed to fetch it)."""
+    response = client.get_download_url_for_layer(
+        **pruned(registryId=registry_id, repositoryName=repository_name, layerDigest=digest)
+    )
+    return response["downloadUrl"]
+
+
+def list_referrers(
+    client: Any, repository_name: str, digest: str, registry_id: str | None = None
+) -> list[dict[str, Any]]:
+    """ListImageReferrers for ``digest``, every page (``nextToken``; botocore has no paginator for it):
+    the descriptors (``digest``, ``mediaType``, ``artifactType``, ...) of the images that refer to it."""
+    referrers: list[dict[str, Any]] = []
+    token = None
+    while True:
+        response = client.list_image_referrers(
+            **pruned(
+                registryId=registry_id,
+                repositoryName=repository_name,
+                subjectId={"imageDigest": digest},
+                maxResults=MAX_REFERRERS_RESULTS,
+                nextToken=token,
+            )
+        )
+        referrers += response.get("referrers", [])
+        token = response.get("nextToken")
+        if not token:
+            return referrers
+
+
+@dataclass(frozen=True)
+class LayerUpload:
+    """An upload started by InitiateLayerUpload, and the part size to send it in."""
+
+    upload_id: str
+    part_size: int
+
+
+def start_layer_upload(client: Any, repository_name: str, registry_id: str | None = None) -> LayerUpload:
+    """InitiateLayerUpload. The part size is ECR's ``partSize`` kept within the quotas page's
+    5-10 MiB (every part but the last at least the minimum, none over the maximum)."""
+    response = client.initiate_layer_upload(**pruned(registryId=registry_id, repositoryName=repository_name))
+    offered = response.get("partSize") or MAX_LAYER_PART_BYTES
+    return LayerUpload(response["uploadId"], min(MAX_LAYER_PART_BYTES, max(MIN_LAYER_PART_BYTES, offered)))
+
+
+def upload_layer_part(
+    client: Any,
+    repository_name: str,
+    upload_id: str,
+    first_byte: int,
+    data: bytes | bytearray,
+    registry_id: str | None = None,
+) -> None:
+    """UploadLayerPart: ``data`` as the bytes ``first_byte`` to ``first_byte + len(data) - 1``.
+
+    ECR answers a part that does not continue the upload with ``InvalidLayerPartException`` and
+    ``lastValidByteReceived``: see :func:`last_valid_byte`.
+    """
+    client.upload_layer_part(
+        **pruned(
+            registryId=registry_id,
+            repositoryName=repository_name,
+            uploadId=upload_id,
+            partFirstByte=first_byte,
+            partLastByte=first_byte + len(data) - 1,
+            layerPartBlob=data,
+        )
+    )
+
+
+def last_valid_byte(error: BaseException) -> int | None:
+    """For an ``InvalidLayerPartException``, the offset of the last byte ECR holds (-1: none); else None."""
+    if error_code(error) != "InvalidLayerPartException":
+        return None
+    value = getattr(error, "response", {}).get("lastValidByteReceived")
+    return value if isinstance(value, int) else None
+
+
+def complete_layer_upload(
+    client: Any, repository_name: str, upload_id: str, digest: str, registry_id: str | None = None
+) -> bool:
+    """CompleteLayerUpload. True if this upload made the layer; False if the repository already had
+    it (``LayerAlreadyExistsException``: a concurrent copy got there first), which is success too."""
+    try:
+        client.complete_layer_upload(
+            **pruned(registryId=registry_id, repositoryName=repository_name, uploadId=upload_id, layerDigests=[digest])
+        )
+        return True
+    except Exception as error:
+        if error_code(error) != "LayerAlreadyExistsException":
+            raise
+        return False
+
+
+def put_manifest(client: Any, repository_name: str, image: FetchedImage, registry_id: str | None = None) -> str | None:
+    """PutImage of ``image``'s manifest, byte for byte, by digest and untagged (an index's child, a
+    referrer, an image its referrers need in place before its tags).
+
+    Returns the registry id ECR answered with, or None when the image was already there
+    (``ImageAlreadyExistsException``: success, so a retry converges).
+    """
+    try:
+        response = client.put_image(
+            **pruned(
+                registryId=registry_id,
+                repositoryName=repository_name,
+                imageManifest=image.manifest,
+                imageManifestMediaType=image.media_type,
+                imageDigest=image.digest,
+            )
+        )
+    except Exception as error:
+        if error_code(error) != "ImageAlreadyExistsException":
+            raise
+        return None
+    return response.get("image", {}).get("registryId")
+
+
+def create_repository(client: Any, repository_name: str, registry_id: str | None = None) -> str | None:
+    """CreateRepository with ECR's defaults; an existing repository (a concurrent run made it) is
+    success. Returns the registry id ECR answered with, if it did."""
+    try:
+        response = client.create_repository(**pruned(registryId=registry_id, repositoryName=repository_name))
+    except Exception as error:
+        if error_code(error) != "RepositoryAlreadyExistsException":
+            raise
+        return None
+    return response.get("repository", {}).get("registryId")

@@ -58,7 +58,9 @@ def _seed(double: EcrDouble, body: dict[str, Any]) -> Any:
         "digests": [
             double.push(
                 body["repository"],
-                build_image(i.get("kind", "oci"), i["name"], layer_bytes=i.get("layer_bytes")),
+                build_image(
+                    i.get("kind", "oci"), i["name"], layers=i.get("layers", 2), layer_bytes=i.get("layer_bytes")
+                ),
                 i.get("tags", []),
                 pushed_at=i.get("pushed_at"),
                 **_where(body),
@@ -84,6 +86,11 @@ def _registry(double: EcrDouble, body: dict[str, Any]) -> Any:
     return {"endpoint": double.registry_endpoint(**_where(body)), "user": user, "password": password}
 
 
+def _caller_credentials(double: EcrDouble, body: dict[str, Any]) -> Any:
+    key, secret = double.caller_credentials(registry_id=body["registry_id"])
+    return {"access_key_id": key, "secret_access_key": secret}
+
+
 def _memory(double: EcrDouble, body: dict[str, Any]) -> Any:
     """The server process's resident memory now and at its peak, in bytes (Linux; None elsewhere).
     ``reset_peak`` starts a new peak from now (``/proc/self/clear_refs``), for benchmarks."""
@@ -106,6 +113,7 @@ _CONTROL_ACTIONS: dict[str, Callable[[EcrDouble, dict[str, Any]], Any]] = {
     "move-tags": _move_tags,
     "tags": _tags,
     "registry": _registry,
+    "caller-credentials": _caller_credentials,
     "memory": _memory,
 }
 
@@ -162,7 +170,8 @@ class RemoteEcrDouble:
         self._post("create-repository", repository=repository, mutability=mutability, **where)
 
     def seed(self, repository: str, images: list[dict[str, Any]], **where: str) -> list[str]:
-        """Push images directly (not counted): each ``{"kind", "name", "tags", "pushed_at", "layer_bytes"}``."""
+        """Push images directly (not counted): each
+        ``{"kind", "name", "tags", "pushed_at", "layers", "layer_bytes"}``."""
         return self._post("seed", repository=repository, images=images, **where)["digests"]
 
     def move_tags(self, repository: str, moves: list[dict[str, str]], **where: str) -> float:
@@ -180,6 +189,12 @@ class RemoteEcrDouble:
         """A registry's ``/v2/`` endpoint, user and password (``where``: ``registry_id``, ``region_name``)."""
         answer = self._post("registry", **where)
         return answer["endpoint"], answer["user"], answer["password"]
+
+    def caller_credentials(self, *, registry_id: str) -> tuple[str, str]:
+        """An access key id and secret that call as ``registry_id``'s own account (see
+        :meth:`EcrDouble.caller_credentials <airflow_ecr_retag.testing.double.EcrDouble.caller_credentials>`)."""
+        answer = self._post("caller-credentials", registry_id=registry_id)
+        return answer["access_key_id"], answer["secret_access_key"]
 
 
 # ---------------------------------------------------------------------- the server
