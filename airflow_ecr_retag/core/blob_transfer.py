@@ -3,8 +3,9 @@
 ECR has no copy call, and a blob moves only through the ECR API: GetDownloadUrlForLayer on the
 source gives a presigned URL, which is streamed (pieces of at most :data:`CHUNK_BYTES`, gathered
 into one upload part at a time: never a whole blob in memory) and hashed while it streams; the
-bytes go up with InitiateLayerUpload, UploadLayerPart (consecutive parts of ECR's part size, see
-:func:`~airflow_ecr_retag.core.ecr.start_layer_upload`) and CompleteLayerUpload.
+bytes go up with InitiateLayerUpload, UploadLayerPart (consecutive parts of 5 MiB, the quotas
+page's minimum, larger only for a layer that would need more than 4,200 of them: see
+:meth:`~airflow_ecr_retag.core.ecr.LayerUpload.part_size`) and CompleteLayerUpload.
 
 What can go wrong, and what happens:
 
@@ -260,7 +261,7 @@ class _Transfer:
     def _send(self, upload: ecr.LayerUpload) -> None:
         """Stream the blob into ``upload``: full parts as they fill, the digest checked before the last."""
         hasher, received = hashlib.sha256(), 0
-        part = bytearray()
+        part, part_size = bytearray(), upload.part_size(self.blob.size)
         self._sent = 0
         self.outcome.parts = self.outcome.resumed = 0
         next_progress = PROGRESS_BYTES
@@ -269,10 +270,10 @@ class _Transfer:
             received += len(piece)
             view = memoryview(piece)
             while view:
-                room = upload.part_size - len(part)
+                room = part_size - len(part)
                 part += view[:room]
                 view = view[room:]
-                if len(part) == upload.part_size:
+                if len(part) == part_size:
                     part = self._put_part(upload, part)
             if self.blob.size > PROGRESS_BYTES and received >= next_progress:
                 self.log.info("Blob %s: %s of %s read", self.blob.digest, mib(received), mib(self.blob.size))

@@ -28,6 +28,7 @@ from airflow_ecr_retag.core.limits import (
     MAX_IMAGE_IDS,
     MAX_LAYER_DIGESTS,
     MAX_LAYER_PART_BYTES,
+    MAX_LAYER_PARTS,
     MAX_MANIFEST_CHARS,
     MAX_REFERRERS_RESULTS,
     MAX_REPOSITORY_NAMES,
@@ -354,15 +355,21 @@ def list_referrers(
 
 @dataclass(frozen=True)
 class LayerUpload:
-    """An upload started by InitiateLayerUpload, and the part size to send it in."""
+    """An upload started by InitiateLayerUpload."""
 
     upload_id: str
-    part_size: int
+    #: The largest part to send: ECR's ``partSize``, within the quotas page's 5-10 MiB.
+    max_part_size: int
+
+    def part_size(self, blob_size: int) -> int:
+        """The part size for a blob: the smallest the quotas allow (every part but the last at least
+        5 MiB) that keeps it within 4,200 parts, so a blob in flight holds as little as it can."""
+        needed = -(-blob_size // MAX_LAYER_PARTS)
+        return min(self.max_part_size, max(MIN_LAYER_PART_BYTES, needed))
 
 
 def start_layer_upload(client: Any, repository_name: str, registry_id: str | None = None) -> LayerUpload:
-    """InitiateLayerUpload. The part size is ECR's ``partSize`` kept within the quotas page's
-    5-10 MiB (every part but the last at least the minimum, none over the maximum)."""
+    """InitiateLayerUpload: the upload id, and ECR's ``partSize`` kept within the quotas page's 5-10 MiB."""
     response = client.initiate_layer_upload(**pruned(registryId=registry_id, repositoryName=repository_name))
     offered = response.get("partSize") or MAX_LAYER_PART_BYTES
     return LayerUpload(response["uploadId"], min(MAX_LAYER_PART_BYTES, max(MIN_LAYER_PART_BYTES, offered)))

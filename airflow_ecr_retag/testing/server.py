@@ -81,6 +81,14 @@ def _tags(double: EcrDouble, body: dict[str, Any]) -> Any:
     return {"tags": double.tags(body["repository"], **_where(body))}
 
 
+def _blobs(double: EcrDouble, body: dict[str, Any]) -> Any:
+    return {"blobs": double.blobs_of(body["repository"], **_where(body))}
+
+
+def _requests(double: EcrDouble, body: dict[str, Any]) -> Any:
+    return {"requests": double.requests_for(body["operation"])}
+
+
 def _registry(double: EcrDouble, body: dict[str, Any]) -> Any:
     user, password = double.registry_credentials(region_name=body.get("region_name"))
     return {"endpoint": double.registry_endpoint(**_where(body)), "user": user, "password": password}
@@ -112,6 +120,8 @@ _CONTROL_ACTIONS: dict[str, Callable[[EcrDouble, dict[str, Any]], Any]] = {
     "seed": _seed,
     "move-tags": _move_tags,
     "tags": _tags,
+    "blobs": _blobs,
+    "requests": _requests,
     "registry": _registry,
     "caller-credentials": _caller_credentials,
     "memory": _memory,
@@ -180,6 +190,14 @@ class RemoteEcrDouble:
 
     def tags(self, repository: str, **where: str) -> dict[str, str]:
         return self._post("tags", repository=repository, **where)["tags"]
+
+    def blobs_of(self, repository: str, **where: str) -> dict[str, int]:
+        """The blobs a repository has, digest -> size."""
+        return self._post("blobs", repository=repository, **where)["blobs"]
+
+    def requests_for(self, operation: str) -> list[dict[str, Any]]:
+        """The parameters of every call of ``operation`` since the last reset, as the double logged them."""
+        return self._post("requests", operation=operation)["requests"]
 
     def memory(self, *, reset_peak: bool = False) -> dict[str, int | None]:
         """The server's resident memory (``rss``) and its peak (``peak``), in bytes."""
