@@ -350,20 +350,39 @@ def notes(results: dict, blobs: dict | None = None) -> str:
                     f"({ours['seconds'] / theirs['seconds']:.2f}x)"
                 )
     if versus:
-        lines.append("- Wall time, the operator vs skopeo in this run: " + "; ".join(versus) + ".")
+        met = sum(1 for line in versus if float(line.rsplit("(", 1)[1].rstrip("x)")) <= 1)
+        lines.append(
+            f"- Wall time no worse than skopeo's (goal): met in {met} of {len(versus)} cases. The operator vs "
+            "skopeo in this run: " + "; ".join(versus) + "."
+        )
     if blobs:
         upload = blobs.get("ECR layer calls (10 MiB parts)")
+        v2_upload = blobs.get("/v2/ POST then streamed PUT")
         download = blobs.get("GetDownloadUrlForLayer URL")
         fresh = [r for r in cases if r["tool"] == "EcrCopyImageOperator" and r["case"] == CASES[0]]
-        if upload and download and fresh:
+        if upload and download and v2_upload and fresh:
             bound = upload["bytes"] / MIB / upload["seconds"]
+            v2 = v2_upload["bytes"] / MIB / v2_upload["seconds"]
             best = max(r["bytes_arrived"] / MIB / r["seconds"] for r in fresh)
             lines.append(
-                f"- The double's own blob throughput (section 5): {bound:,.0f} MiB/s uploaded through the ECR layer "
-                f"calls, {download['bytes'] / MIB / download['seconds']:,.0f} MiB/s downloaded; the operator's best "
-                f"copy here: {best:,.1f} MiB/s ({best / bound:.2f}x the upload bound, with "
-                "`max_concurrency=4` blobs in flight)."
+                f"- Against the double's own blob throughput (section 5, this run): it takes {bound:,.0f} MiB/s "
+                f"through the ECR layer calls, the only upload path the copy has (ECR's API: the issue's calls and "
+                f"IAM actions), and {v2:,.0f} MiB/s through `/v2/`'s streamed PUT, which skopeo uses; it serves "
+                f"{download['bytes'] / MIB / download['seconds']:,.0f} MiB/s. The operator's copies reach up to "
+                f"{best:,.1f} MiB/s, {best / bound:.2f}x the ECR layer calls' bound (blobs overlap, "
+                "`max_concurrency=4`); a single 1 GiB layer's parts go one after the other, so it runs at about "
+                "that bound. The server's JSON-and-base64 handling of UploadLayerPart (moto parses each part "
+                "whole) is what the wall time measures; the operator cannot be faster than the double takes parts."
             )
+    several = [
+        r for r in cases if r["tool"] == "EcrCopyImageOperator" and r["case"] == CASES[0] and r["image"] != BIG_LAYER
+    ]
+    if several and all(r["client_peak_added"] for r in several):
+        lines.append(
+            "- With several blobs in flight the copy process's peak grows with them: "
+            + ", ".join(f"{r['image']}: {_mib(r['client_peak_added'])}" for r in several)
+            + " (4 blobs at once, each a part and botocore's copies of it; `max_concurrency` bounds it)."
+        )
     if results.get("skopeo"):
         lines.append(f"- {results['skopeo']} (Debian's), `--all --preserve-digests`, over `/v2/` (POST, PATCH, PUT).")
     return "\n".join(lines)
