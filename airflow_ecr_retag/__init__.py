@@ -1,4 +1,4 @@
-"""airflow-ecr-retag: promote, release, roll back, wait for and clean up Amazon ECR image tags as Airflow tasks.
+"""airflow-ecr-retag: promote, copy, release, roll back, wait for and clean up Amazon ECR images as Airflow tasks.
 
 ``import airflow_ecr_retag`` stays cheap (no boto3, no Amazon provider) because DAG files are
 parsed often: the operators and the sensor are imported on first use.
@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 _OPERATORS = {
     "EcrRetagOperator": "airflow_ecr_retag.operators.retag",
+    "EcrCopyImageOperator": "airflow_ecr_retag.operators.copy_image",
     "EcrReleaseOperator": "airflow_ecr_retag.operators.release",
     "EcrRollbackOperator": "airflow_ecr_retag.operators.rollback",
     "EcrTagHygieneOperator": "airflow_ecr_retag.operators.hygiene",
@@ -29,6 +30,7 @@ __all__ = [*_EXPORTS, "get_provider_info", "__version__"]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
+    from airflow_ecr_retag.operators.copy_image import EcrCopyImageOperator
     from airflow_ecr_retag.operators.hygiene import EcrTagHygieneOperator
     from airflow_ecr_retag.operators.release import EcrReleaseOperator
     from airflow_ecr_retag.operators.retag import EcrRetagOperator
@@ -42,7 +44,7 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-ecr-retag",
         "name": "Amazon ECR Retag",
-        "description": "Promote, wait for and clean up Amazon ECR image tags without moving a layer.",
+        "description": "Promote, copy, wait for and clean up Amazon ECR images and tags, byte for byte.",
         "versions": [__version__],
         "integrations": [
             {

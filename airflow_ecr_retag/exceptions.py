@@ -53,6 +53,10 @@ class DigestMismatchError(EcrRetagError, core.DigestMismatchError):
     """The manifest's bytes do not hash to the digest ECR reported or the user expected."""
 
 
+class BlobDigestMismatchError(EcrRetagError, core.BlobDigestMismatchError):
+    """A blob's bytes do not hash to its digest: the copy stopped before completing it; nothing was tagged."""
+
+
 class ManifestTooLargeError(EcrRetagError, core.ManifestTooLargeError):
     """A manifest over ECR's PutImage limit: re-putting it would fail, so nothing is written."""
 

@@ -11,11 +11,11 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from benchmarks import blob_throughput, hygiene, parse_cost, promotion, waiting
+from benchmarks import blob_throughput, cross_account_copy, hygiene, parse_cost, promotion, waiting
 from benchmarks.common import served_double, use_double
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-SECTIONS = ("promotion", "hygiene", "hygiene-large", "hygiene-many", "waiting", "parse", "blobs")
+SECTIONS = ("promotion", "hygiene", "hygiene-large", "hygiene-many", "waiting", "parse", "blobs", "copy")
 PACKAGES = [
     "airflow-ecr-retag",
     "apache-airflow",
@@ -69,6 +69,7 @@ def main() -> int:
             "waits": (1, 100),
             "layer_mib": 128,
             "upload_mib": 64,
+            "copy_scale": 1 / 16,
         }
         if args.quick
         else {
@@ -79,6 +80,7 @@ def main() -> int:
             "waits": (1, 100, 1000),
             "layer_mib": 1024,
             "upload_mib": 256,
+            "copy_scale": 1.0,
         }
     )
     wanted = set(args.only or SECTIONS)
@@ -108,6 +110,9 @@ def main() -> int:
             sections["blobs"] = blob_throughput.run(
                 endpoint, remote, layer_mib=sizes["layer_mib"], upload_mib=sizes["upload_mib"]
             )
+        if "copy" in wanted:
+            print("cross-account copy ...", flush=True)
+            sections["copy"] = cross_account_copy.run(endpoint, remote, scale=sizes["copy_scale"])
     if "parse" in wanted:
         print("parse cost ...", flush=True)
         sections["parse"] = parse_cost.run(repeats=7 if not args.quick else 3)
@@ -131,6 +136,8 @@ def render(sections: dict) -> str:
         waiting=waiting.report(sections["waiting"]),
         parse=parse_cost.report(sections["parse"]),
         blobs=blob_throughput.report(sections["blobs"]) if "blobs" in sections else "(not run)",
+        copy=cross_account_copy.report(sections["copy"]) if "copy" in sections else "(not run)",
+        copy_notes=cross_account_copy.notes(sections["copy"], sections.get("blobs")) if "copy" in sections else "",
     )
 
 
@@ -267,6 +274,25 @@ Notes:
   which botocore builds and moto parses whole; each part costs the server about 14 times its
   size while it is parsed (bounded by the part, 10 MiB, not by the layer). `/v2/` uploads stream
   to the spill file.
+
+## 6. EcrCopyImageOperator across accounts and Regions, beside skopeo
+
+From the build account (us-east-1) to the production account (eu-west-1), both registries of the
+double's one server: an image of 10 layers of 20 MiB; a multi-arch index of two such images (the
+platforms' layers differ); an image of one 1 GiB layer (every layer generated on the fly). Each into
+an empty repository, into one already holding an earlier build with 8 of the 10 layers, and again
+once done (a re-run). Beside it, in the same run, `skopeo copy --all --preserve-digests` between
+the same two registries over the double's `/v2/` API, into repositories of its own. The operator
+runs in a fresh process per copy, with its defaults (`max_concurrency=4`, `copy_referrers=True`,
+parts of 5 MiB); its wall time is `execute()`'s (its two clients' creation included), skopeo's
+the whole command's. "calls": the operator's ECR calls (the presigned downloads not counted),
+skopeo's `/v2/` requests. The machine is shared: the load average before and after each copy is
+in the table.
+
+{copy}
+
+Notes:
+{copy_notes}
 """
 
 if __name__ == "__main__":

@@ -9,8 +9,15 @@ CRITICAL or HIGH one: then nothing is promoted. ``EcrRetagOperator`` adds the ve
 ``sha-<commit>`` in between, nothing is written and the task fails. The deploy task uses the
 ``image_uri`` by digest from the ``promotion`` XCom, never a mutable tag.
 
+Then ``EcrCopyImageOperator`` copies the tested digest from the build account to the production
+account, every platform and signature, only the blobs production lacks, and tags it there: two
+connections, ``aws_build`` (the build account, where CI pushes) and ``aws_prod`` (the production
+account's credentials, and its Region). The same guard holds: a re-pushed ``sha-<commit>`` copies
+nothing.
+
 Trigger with ``{"sha": "...", "version": "v1.4.2"}``. Against real AWS, set the
-``aws_default`` connection (or the usual AWS environment) and ``repository``.
+``aws_default`` and ``aws_build`` connections (the build account), ``aws_prod`` (production;
+a ``team/app`` repository must exist there) and ``repository``.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import DAG, Param, task
 
-from airflow_ecr_retag import EcrImageScanSensor, EcrRetagOperator, EcrTagSensor
+from airflow_ecr_retag import EcrCopyImageOperator, EcrImageScanSensor, EcrRetagOperator, EcrTagSensor
 
 with DAG(
     dag_id="example_ecr_release",
@@ -91,3 +98,16 @@ with DAG(
         return promotion["image_uri"]
 
     scan_gate >> promote >> deploy()
+
+    copy_to_prod = EcrCopyImageOperator(
+        task_id="copy_to_prod",
+        source_aws_conn_id="aws_build",
+        source_repository_name="{{ params.repository }}",
+        source_tag="sha-{{ params.sha }}",
+        source_digest=tested_digest,
+        aws_conn_id="aws_prod",
+        repository_name="{{ params.repository }}",
+        target_tags=["{{ params.version }}", "prod"],
+        botocore_config={"retries": {"mode": "adaptive", "max_attempts": 10}},  # PutImage: 10 a second
+    )
+    promote >> copy_to_prod

@@ -17,7 +17,7 @@ environment) and point ``REPOSITORIES`` at yours.
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, Param, TriggerRule, task
+from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_ecr_retag import EcrReleaseOperator, EcrRollbackOperator
@@ -57,7 +57,7 @@ with DAG(
         task_id="rollback",
         # One promotion report per repository; rendered as text, parsed back by the operator.
         promotions="{{ ti.xcom_pull(task_ids='release', key='release') }}",
-        trigger_rule=TriggerRule.ONE_FAILED,
+        trigger_rule="one_failed",  # a string: Airflow 3.0's airflow.sdk has no TriggerRule
     )
 
     @task(retries=0)

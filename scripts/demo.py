@@ -6,8 +6,11 @@
    of ``sha-*`` builds, ``latest`` and old ``pr-*`` tags;
 3. set up a throwaway Airflow home with SQLite (``airflow db migrate``);
 4. run ``airflow dags test`` on the release DAG (its scan gate passes: no CRITICAL or HIGH
-   finding), the deferrable prod gate and the hygiene DAG, with ``AWS_ENDPOINT_URL_ECR``
-   pointing at the double;
+   finding), the deferrable prod gate and the hygiene DAG, with ``AWS_ENDPOINT_URL_ECR`` pointing
+   at the double; the release DAG ends by copying the tested digest into the production account
+   (another account of the double, in another Region, reached with that account's own credentials
+   as the ``aws_prod`` connection), which already holds the previous release: only the missing
+   blobs move;
 5. print the tags and digests before and after, and the hygiene report;
 6. run the release-set DAG (``team/api``, ``team/worker``, ``team/migrate`` as one release) with
    a deploy that fails, and show its roll-back to exactly the previous digests.
@@ -26,13 +29,18 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from airflow_ecr_retag.testing import EcrDouble, Vulnerability, build_image
+from airflow_ecr_retag.testing import EcrDouble, Vulnerability, build_image, build_referrer
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO = "team/app"
 COMMIT = "9f3c2e1"
 VERSION = "v1.4.2"
 RELEASE_SET = ["team/api", "team/worker", "team/migrate"]
+#: The production account and its Region: the release DAG's copy_to_prod lands there.
+PROD, PROD_REGION = "210987654321", "eu-west-1"
+IN_PROD = {"registry_id": PROD, "region_name": PROD_REGION}
+#: The release's layers: 4 MiB each, made on the fly; production's previous release shares the base one.
+LAYER_BYTES = 4 << 20
 
 
 def seed(ecr: EcrDouble) -> dict[str, str]:
@@ -49,7 +57,7 @@ def seed(ecr: EcrDouble) -> dict[str, str]:
     ecr.push(REPO, build_image("docker", "pr-81"), ["pr-81"], pushed_at=now - timedelta(days=21))
     ecr.push(REPO, build_image("oci", "pr-93"), ["pr-93", "sha-00000pr"], pushed_at=now - timedelta(days=16))
     ecr.push(REPO, build_image("oci", "pr-97"), ["pr-97"], pushed_at=now - timedelta(days=2))
-    release = build_image("oci-index", "release")
+    release = build_image("oci-index", "release", layer_bytes=LAYER_BYTES)
     ecr.push(REPO, release, [f"sha-{COMMIT}", "latest"], pushed_at=now - timedelta(minutes=5))
     # What the scans on push of its two platform images found: nothing the release gate blocks.
     amd64, arm64 = (child.digest for child in release.children)
@@ -63,6 +71,11 @@ def seed(ecr: EcrDouble) -> dict[str, str]:
             Vulnerability("CVE-2023-50495", "MEDIUM", "ncurses", "6.4-4", fixed_in="6.4-4+deb12u1", score=6.5),
         ],
     )
+    ecr.push(REPO, build_referrer(release, name="ci-signature"), pushed_at=now - timedelta(minutes=4))
+    # Production: its own account and Region, holding the previous release (the same base layer).
+    ecr.create_repository(REPO, **IN_PROD)
+    previous = build_image("oci-index", "release", layers=1, layer_bytes=LAYER_BYTES)
+    ecr.push(REPO, previous, ["v1.4.1", "prod"], pushed_at=now - timedelta(days=30), **IN_PROD)
     for i, repo in enumerate(RELEASE_SET):
         ecr.create_repository(repo)
         ecr.push(repo, build_image("oci", f"{repo}-v1.4.1"), ["v1.4.1", "prod"], pushed_at=now - timedelta(days=30))
@@ -102,9 +115,23 @@ def airflow_env(ecr: EcrDouble, home: Path) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "example_dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({"conn_type": "aws"}),
+        # The release DAG's copy: the build account (the default credentials) and production (its own).
+        "AIRFLOW_CONN_AWS_BUILD": json.dumps({"conn_type": "aws"}),
+        "AIRFLOW_CONN_AWS_PROD": json.dumps(prod_connection(ecr)),
     }
     env.pop("AWS_PROFILE", None)
     return env
+
+
+def prod_connection(ecr: EcrDouble) -> dict:
+    """An Airflow connection whose credentials are the production account's own (and its Region)."""
+    key, secret = ecr.caller_credentials(registry_id=PROD)
+    return {"conn_type": "aws", "login": key, "password": secret, "extra": {"region_name": PROD_REGION}}
+
+
+def is_copy_call(call) -> bool:
+    """A call of the release DAG's copy_to_prod: its clients' calls, and the presigned downloads."""
+    return "Caller/EcrCopyImageOperator" in call.user_agent or call.operation == "LayerDownload"
 
 
 def start_airflow(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
@@ -156,6 +183,31 @@ def xcom(env: dict[str, str], dag_id: str, task_id: str, key: str = "return_valu
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=300)
     line = next(line for line in out.stdout.splitlines() if line.startswith("XCOM="))
     return json.loads(line[len("XCOM=") :])
+
+
+def show_copy(ecr: EcrDouble, env: dict[str, str], calls: Counter) -> None:
+    """The release DAG's last step: the tested digest copied into the production account."""
+    report = xcom(env, "example_ecr_release", "copy_to_prod", "copy")
+    assert isinstance(report, dict)
+    print(f"   copy_to_prod: {report['source_image_uri']}")
+    print(f"              -> {report['image_uri']}  (aws_build -> aws_prod, another account and Region)")
+    mib = report["bytes_copied"] / (1 << 20)
+    print(
+        f"   moved {report['blobs_copied']} of {report['blobs']} blobs ({mib:.1f} MiB; production already had "
+        f"{report['blobs_present']}: the previous release's base layers), {report['manifests_copied']} manifests "
+        f"(the index and both platforms, by digest), {report['referrers_copied']} referrer (CI's signature); "
+        f"tags added {report['added']}, moved {list(report['moved'])}"
+    )
+    uploaded = sum(p["partLastByte"] - p["partFirstByte"] + 1 for p in ecr.requests_for("UploadLayerPart"))
+    print(
+        f"   bytes uploaded (the double's UploadLayerPart ranges): {uploaded:,}; "
+        f"bytes_copied: {report['bytes_copied']:,}"
+    )
+    print(f"   ECR calls of the copy: {dict(calls)}")
+    prod = ecr.tags(REPO, **IN_PROD)
+    print(f"   production {REPO}: prod -> {short(prod['prod'])}, {VERSION} -> {short(prod[VERSION])}")
+    if uploaded != report["bytes_copied"] or prod["prod"] != report["digest"]:
+        raise SystemExit("the copy to production did not move exactly the missing blobs")
 
 
 def release_set_with_a_failed_deploy(ecr: EcrDouble, env: dict[str, str], log: Path) -> list:
@@ -213,7 +265,7 @@ def main() -> int:
     log = home / "airflow-dags-test.log"
     with EcrDouble(server=True) as ecr:
         digests = seed(ecr)
-        before = ecr.tags(REPO)
+        before, prod_before = ecr.tags(REPO), ecr.tags(REPO, **IN_PROD)
         print(
             f"1. ECR double serving on {ecr.endpoint_url}; seeded {REPO} with {len(ecr.images(REPO))} images "
             f"(release {VERSION} is the multi-arch index {short(digests['release'])}, tagged sha-{COMMIT})"
@@ -255,12 +307,14 @@ def main() -> int:
         moved = [f"{t} from {short(d)}" for t, d in promotion["moved"].items()]
         print(f"   promoted: added {promotion['added']}, moved {moved}")
         print(f"   deploy used {xcom(env, 'example_ecr_release', 'deploy')}")
-        release_calls = Counter(c.operation for c in ecr.requests[first_request:] if not is_prod_poll(c))
+        run_calls = [c for c in ecr.requests[first_request:] if not is_prod_poll(c)]
+        release_calls = Counter(c.operation for c in run_calls if not is_copy_call(c))
         print(
             f"   ECR calls made by the release DAG run: {dict(release_calls)} "
             "(BatchGetImage: sensor, test, gate, promote; a DescribeImageScanFindings per platform; 2 PutImage)"
         )
-        after_release = ecr.tags(REPO)
+        show_copy(ecr, env, Counter(c.operation for c in run_calls if is_copy_call(c)))
+        after_release, prod_after = ecr.tags(REPO), ecr.tags(REPO, **IN_PROD)
         if gate.wait(timeout=120) != 0:
             print((home / "gate.log").read_text()[-6000:])
             raise SystemExit("the gate DAG failed")
@@ -285,12 +339,15 @@ def main() -> int:
         set_stages = release_set_with_a_failed_deploy(ecr, env, log)
     print("\nTags whose digest changed (digests shortened; '-' = no such tag):")
     print(table([("before", before), ("after release", after_release), ("after hygiene", after)]))
+    print(f"\nProduction ({PROD}, {PROD_REGION}) {REPO}, tags whose digest changed:")
+    print(table([("before", prod_before), ("after release", prod_after)]))
     print(f"\nThe release set ({', '.join(RELEASE_SET)}), tags whose digest changed:")
     print(table(set_stages))
     print(
         "Against a real AWS account: unset AWS_ENDPOINT_URL_ECR and give Airflow an `aws_default` connection, e.g.\n"
         '  airflow connections add aws_default --conn-type aws --conn-extra \'{"region_name": "eu-west-1"}\'\n'
-        "(credentials from the usual AWS chain or the connection), then trigger example_ecr_release with "
+        "(credentials from the usual AWS chain or the connection), `aws_build` for the same build account and\n"
+        "`aws_prod` for the production account, then trigger example_ecr_release with "
         '{"repository": "<your repo>", "sha": "<commit>", "version": "<version>"}.'
     )
     if os.environ.get("DEMO_KEEP_HOME") == "1":

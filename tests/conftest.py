@@ -76,15 +76,32 @@ EcrDouble.observers.append(
 )
 
 
-def readme_policy_actions() -> set[str]:
+def readme_policy_statements() -> dict[str, set[str]]:
+    """Every statement of the README's IAM policy blocks (``json`` blocks whose statements have an
+    ``AirflowEcr...`` Sid): Sid -> its ECR actions. The operators' policy is ``AirflowEcrRetag``; a
+    copy's source and target credentials have ``AirflowEcrCopySource`` and ``AirflowEcrCopyTarget``."""
     import json
     import re
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = next(b for b in re.findall(r"```json\n(.*?)```", readme, re.S) if "AirflowEcrRetag" in b)
-    [statement] = json.loads(block)["Statement"]
-    return {action.split(":", 1)[1] for action in statement["Action"]}
+    statements: dict[str, set[str]] = {}
+    for block in re.findall(r"```json\n(.*?)```", readme, re.S):
+        if '"AirflowEcr' not in block:
+            continue
+        for statement in json.loads(block)["Statement"]:
+            assert statement["Sid"].startswith("AirflowEcr") and statement["Sid"] not in statements, statement["Sid"]
+            actions = statement["Action"]
+            statements[statement["Sid"]] = {
+                a.split(":", 1)[1] for a in ([actions] if isinstance(actions, str) else actions)
+            }
+    assert "AirflowEcrRetag" in statements, "the README's IAM policy block is gone"
+    return statements
+
+
+def readme_policy_actions() -> set[str]:
+    """Every ECR action the README's IAM policies list, in any statement."""
+    return set().union(*readme_policy_statements().values())
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

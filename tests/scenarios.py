@@ -1,10 +1,13 @@
 """One representative task per operator (and sensor), with its seed, for the reliability suite.
 
 Each scenario seeds fresh repositories of the double (``repositories``: the ones whose state the
-suite checks), then runs the task. Between them they make every ECR call the package makes:
-BatchGetImage, PutImage, DescribeImages (paginated and by digest), BatchDeleteImage,
-DescribeRepositories (by name for a release, paginated for hygiene over a glob),
-DescribeImageScanFindings and StartImageScan.
+suite checks: a name in the caller's registry, or ``(name, registry_id, region_name)`` in another;
+one the task creates counts as empty until it does), then runs the task. Between them they make
+every ECR call the package makes: BatchGetImage, PutImage, DescribeImages (paginated and by
+digest), BatchDeleteImage, DescribeRepositories (by name for a release, paginated for hygiene over
+a glob), DescribeImageScanFindings and StartImageScan; and the copy's ListImageReferrers,
+CreateRepository, BatchCheckLayerAvailability, GetDownloadUrlForLayer, the presigned download
+(``LayerDownload``), InitiateLayerUpload, UploadLayerPart and CompleteLayerUpload.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 from helpers import make_context
 
-from airflow_ecr_retag.testing import EcrDouble, Vulnerability, build_image
+from airflow_ecr_retag.testing import EcrDouble, Vulnerability, build_image, build_referrer
 
 REPO = "team/app"
 EPOCH = datetime(2026, 11, 1, tzinfo=UTC)
@@ -33,7 +36,7 @@ class Scenario:
     name: str
     seed: Callable[[EcrDouble], None]
     run: Callable[[], Any]
-    repositories: tuple[str, ...] = (REPO,)
+    repositories: tuple[str | tuple[str, str, str], ...] = (REPO,)
 
 
 def seed_retag(ecr: EcrDouble) -> None:
@@ -178,6 +181,33 @@ def run_rollback() -> Any:
     return EcrRollbackOperator(task_id="rollback", promotions=[promotion], **RETRYING).execute(make_context())
 
 
+# Another account in the same Region: one client serves both sides (a client costs more CPU than the copy).
+PROD, PROD_REGION = "210987654321", "us-east-1"
+COPIED = build_image("oci", "candidate", layers=1)
+
+
+def seed_copy(ecr: EcrDouble) -> None:
+    """A build with a signature (an OCI 1.1 referrer) in the build account; production has no repository yet."""
+    ecr.create_repository(REPO)
+    ecr.push(REPO, COPIED, ["rc"], pushed_at=EPOCH)
+    ecr.push(REPO, build_referrer(COPIED), pushed_at=EPOCH)
+
+
+def run_copy() -> Any:
+    from airflow_ecr_retag import EcrCopyImageOperator
+
+    return EcrCopyImageOperator(
+        task_id="copy",
+        source_repository_name=REPO,
+        source_tag="rc",
+        repository_name=REPO,
+        registry_id=PROD,
+        target_tags=["v1.1", "prod"],
+        create_repository=True,
+        **RETRYING,
+    ).execute(make_context())
+
+
 SCENARIOS = [
     Scenario("retag", seed_retag, run_retag),
     Scenario("sensor", seed_sensor, run_sensor),
@@ -186,4 +216,5 @@ SCENARIOS = [
     Scenario("rollback", seed_rollback, run_rollback),
     Scenario("scan_gate", seed_scan_gate, run_scan_gate),
     Scenario("hygiene-glob", seed_hygiene_glob, run_hygiene_glob, (REPO, "team/web")),
+    Scenario("copy", seed_copy, run_copy, (REPO, (REPO, PROD, PROD_REGION))),
 ]

@@ -13,6 +13,7 @@ from airflow.providers.common.compat.sdk import AirflowFailException
 from helpers import AWS, make_context
 
 from airflow_ecr_retag import (
+    EcrCopyImageOperator,
     EcrImageScanSensor,
     EcrReleaseOperator,
     EcrRetagOperator,
@@ -38,6 +39,7 @@ PROMOTION = {
     "moved": {"prod": "sha256:" + HEX[::-1]},
 }
 ROLLBACK = {"promotions": [PROMOTION]}
+COPY = {"source_repository_name": REPO, "source_tag": "sha-1", "repository_name": "team/prod", "target_tags": ["v1"]}
 SCAN_GATE = {"repository_name": REPO, "image_tag": "sha-1", "max_findings": {"CRITICAL": 0}, "timeout": 5}
 KINDS = {
     "retag": (EcrRetagOperator, RETAG),
@@ -45,6 +47,7 @@ KINDS = {
     "hygiene": (EcrTagHygieneOperator, HYGIENE),
     "release": (EcrReleaseOperator, RELEASE),
     "rollback": (EcrRollbackOperator, ROLLBACK),
+    "copy": (EcrCopyImageOperator, COPY),
     "scan_gate": (EcrImageScanSensor, SCAN_GATE),
 }
 
@@ -188,6 +191,21 @@ CASES = [
     ("hygiene", {"repository_name": ["team/app", "team/app"]}, {}, "repository_name"),
     ("hygiene", {"repository_name": "{{ params.repos }}"}, {"repos": "[]"}, "repository_name"),
     ("hygiene", {"max_concurrent_repositories": 0}, {}, "max_concurrent_repositories"),
+    # copies: the source's fields as the target's, rendered through Jinja, and the copy's own
+    ("copy", {"source_repository_name": "{{ params.repo }}"}, {"repo": ""}, "source_repository_name"),
+    ("copy", {"source_repository_name": "{{ params.repo }}"}, {"repo": "Team/App"}, "source_repository_name"),
+    ("copy", {"source_tag": "sha-{{ params.sha }}"}, {"sha": "a b"}, "source_tag"),
+    ("copy", {"source_digest": "{{ params.digest }}"}, {"digest": "sha256:" + HEX[:63]}, "source_digest"),
+    ("copy", {"source_registry_id": "{{ params.account }}"}, {"account": "12345678901"}, "source_registry_id"),
+    ("copy", {"source_tag": None, "source_digest": None}, {}, "source_tag"),
+    ("copy", {"repository_name": "{{ params.repo }}"}, {"repo": "team//prod"}, "repository_name"),
+    ("copy", {"target_tags": "{{ params.targets }}"}, {"targets": []}, "target_tags"),
+    ("copy", {"target_tags": ["{{ params.version }}"]}, {"version": "v1 "}, "target_tags[0]"),
+    ("copy", {"registry_id": "{{ params.prod }}"}, {"prod": "prod-account"}, "registry_id"),
+    ("copy", {"max_concurrency": 0}, {}, "max_concurrency"),
+    ("copy", {"max_concurrency": "4"}, {}, "max_concurrency"),
+    ("copy", {"copy_referrers": "yes"}, {}, "copy_referrers"),
+    ("copy", {"create_repository": 1}, {}, "create_repository"),
 ]
 
 # Input errors only a read can find: refused before any write, after the reads that found them.

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from benchmarks import blob_throughput, hygiene, parse_cost, promotion, waiting
+from benchmarks import blob_throughput, cross_account_copy, hygiene, parse_cost, promotion, waiting
 from benchmarks.common import served_double
 
 
@@ -124,3 +124,34 @@ def test_blob_throughput_benchmark_moves_every_byte(double_env):
         assert outcome["bytes"] == expected, name
     assert remote.calls()["UploadLayerPart"] == 2  # 11 MiB in 10 MiB parts
     assert "| GetDownloadUrlForLayer URL | 2 MiB |" in blob_throughput.report(results)
+
+
+def test_copy_benchmark_moves_exactly_the_missing_blobs_beside_skopeo(double_env):
+    endpoint, remote = double_env
+    results = cross_account_copy.run(endpoint, remote, scale=1 / 256, fresh_process=False)
+    cases = results["cases"]
+    ours = [r for r in cases if r["tool"] == "EcrCopyImageOperator"]
+    assert len(ours) == 8  # 3 images x (empty, re-run) + 2 images x (8 of 10 layers present)
+    for r in cases:
+        assert r["digest_kept"], r
+    for r in ours:
+        report = r["report"]
+        assert r["bytes_uploaded_ecr"] == r["bytes_arrived"] == report["bytes_copied"], r
+        if r["case"] == cross_account_copy.CASES[0]:
+            assert report["blobs_copied"] == report["blobs"] and report["blobs_present"] == 0
+        elif r["case"] == cross_account_copy.CASES[1]:  # the 8 shared layers stay, per platform
+            platforms = 2 if "index" in r["image"] else 1
+            assert report["blobs_present"] == 8 * platforms and report["blobs_copied"] == 3 * platforms
+        else:
+            assert r["bytes_arrived"] == 0 and report["blobs_copied"] == 0
+            assert set(r["calls"]) == {"BatchGetImage", "ListImageReferrers"}  # reads only
+            if "index" not in r["image"]:
+                assert r["ecr_calls"] <= 4
+    if cross_account_copy.SKOPEO:
+        theirs = {(r["image"], r["case"]): r for r in cases if r["tool"] == "skopeo"}
+        assert len(theirs) == 8
+        for r in ours:
+            assert theirs[(r["image"], r["case"])]["bytes_arrived"] == r["bytes_arrived"]
+    rendered = cross_account_copy.report(results)
+    assert "| 1 GiB single layer | a re-run | EcrCopyImageOperator |" in rendered
+    assert "Bytes uploaded equal the missing blobs exactly: yes" in cross_account_copy.notes(results)

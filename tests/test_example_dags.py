@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -41,11 +42,20 @@ def test_every_example_dag_imports_without_errors(dagbag):
     }
 
 
+PROD, PROD_REGION = "210987654321", "eu-west-1"
+
+
 @pytest.fixture
 def served(ecr_double_server, airflow_db, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", '{"conn_type": "aws"}')
     # Scan on push, as a release repository would have it: every image pushed gets a finished, clean scan.
     ecr_double_server.create_repository(REPO, scan_on_push=True)
+    # The release DAG copies to production: its own account's credentials (and Region), its repository.
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_BUILD", '{"conn_type": "aws"}')
+    key, secret = ecr_double_server.caller_credentials(registry_id=PROD)
+    prod = {"conn_type": "aws", "login": key, "password": secret, "extra": {"region_name": PROD_REGION}}
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_PROD", json.dumps(prod))
+    ecr_double_server.create_repository(REPO, registry_id=PROD, region_name=PROD_REGION)
     return ecr_double_server
 
 
@@ -72,7 +82,7 @@ def test_release_dag_promotes_the_tested_digest(served, dagbag):
     old_prod = served.push(REPO, build_image("oci", "previous"), ["prod", "v1.4.1"])
     dag_run = dagbag.get_dag("example_ecr_release").test(run_conf={"sha": "0123abcd", "version": "v1.4.2"})
     assert states(dag_run) == dict.fromkeys(
-        ["wait_for_build", "test_image", "scan_gate", "promote", "deploy"], "success"
+        ["wait_for_build", "test_image", "scan_gate", "promote", "deploy", "copy_to_prod"], "success"
     )
     assert xcom(dag_run, "wait_for_build") == digest
     gate = xcom(dag_run, "scan_gate")
@@ -86,6 +96,21 @@ def test_release_dag_promotes_the_tested_digest(served, dagbag):
     assert tags["v1.4.2"] == tags["prod"] == tags["sha-0123abcd"] == digest
     assert tags["v1.4.1"] == old_prod
     assert {c.digest for c in index.children} <= set(served.images(REPO))
+    # The tested digest, copied to the production account with every platform, tagged there.
+    assert xcom(dag_run, "copy_to_prod") == digest
+    copied = xcom(dag_run, "copy_to_prod", "copy")
+    in_prod = {"registry_id": PROD, "region_name": PROD_REGION}
+    assert served.tags(REPO, **in_prod) == {"v1.4.2": digest, "prod": digest}
+    assert set(served.images(REPO, **in_prod)) == {digest, *(c.digest for c in index.children)}
+    assert copied["image_uri"] == f"{PROD}.dkr.ecr.{PROD_REGION}.amazonaws.com/{REPO}@{digest}"
+    assert copied["source_image_uri"] == f"123456789012.dkr.ecr.us-east-1.amazonaws.com/{REPO}@{digest}"
+    blobs = {d: b.size for child in index.children for d, b in child.blobs.items()}
+    assert (copied["blobs_copied"], copied["bytes_copied"], copied["manifests_copied"]) == (
+        len(blobs),
+        sum(blobs.values()),
+        3,
+    )
+    assert served.blobs_of(REPO, **in_prod) == blobs
 
 
 def test_release_dag_refuses_an_image_re_pushed_after_its_test(served, dagbag):
@@ -97,6 +122,8 @@ def test_release_dag_refuses_an_image_re_pushed_after_its_test(served, dagbag):
     assert states(dag_run)["promote"] == "failed"
     assert served.calls["PutImage"] == 0
     assert "v2" not in served.tags(REPO) and "prod" not in served.tags(REPO)
+    assert states(dag_run)["copy_to_prod"] == "upstream_failed"
+    assert served.tags(REPO, registry_id=PROD, region_name=PROD_REGION) == {}
 
 
 RELEASE_SET = ["team/api", "team/worker", "team/migrate"]
@@ -169,6 +196,7 @@ def test_release_dag_gate_blocks_an_image_with_a_critical_finding(served, dagbag
         "scan_gate": "failed",
         "promote": "upstream_failed",
         "deploy": "upstream_failed",
+        "copy_to_prod": "upstream_failed",
     }
     assert served.calls["PutImage"] == 0
     tags = served.tags(REPO)

@@ -21,13 +21,34 @@ from airflow_ecr_retag.testing import EcrDouble, Fault
 TRANSIENT = [Fault.THROTTLE, Fault.SERVER_ERROR, Fault.DROPPED_CONNECTION]
 
 
+def _located(entry):
+    """A scenario's repository: a name in the caller's registry, or (name, registry_id, region_name)."""
+    if isinstance(entry, str):
+        return entry, {}
+    name, registry_id, region_name = entry
+    return name, {"registry_id": registry_id, "region_name": region_name}
+
+
+def _state(ecr, entry, read):
+    """What ``read`` gives for a repository; empty while it does not exist (a task may create it)."""
+    from moto.ecr.exceptions import RepositoryNotFoundException
+
+    name, where = _located(entry)
+    try:
+        return read(name, **where)
+    except RepositoryNotFoundException:
+        return {}
+
+
 def tags(ecr, scenario):
     """Every tag of the scenario's repositories: (repository, tag) -> digest."""
-    return {(repo, tag): digest for repo in scenario.repositories for tag, digest in ecr.tags(repo).items()}
+    return {
+        (entry, tag): digest for entry in scenario.repositories for tag, digest in _state(ecr, entry, ecr.tags).items()
+    }
 
 
 def images(ecr, scenario):
-    return {(repo, digest) for repo in scenario.repositories for digest in ecr.images(repo)}
+    return {(entry, digest) for entry in scenario.repositories for digest in _state(ecr, entry, ecr.images)}
 
 
 def clean_run(scenario):
@@ -85,6 +106,15 @@ def test_matrix_covers_every_operation_the_package_calls():
         "DescribeRepositories",
         "DescribeImageScanFindings",
         "StartImageScan",
+        # the copy: its reads, the repository it creates, the presigned download and the layer upload
+        "ListImageReferrers",
+        "CreateRepository",
+        "BatchCheckLayerAvailability",
+        "GetDownloadUrlForLayer",
+        "LayerDownload",
+        "InitiateLayerUpload",
+        "UploadLayerPart",
+        "CompleteLayerUpload",
     }
     points = {name: len(b["calls"]) for name, b in BASELINES.items()}
     # Reported size: the calls of each clean run x 4 kinds of fault.

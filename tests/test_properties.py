@@ -1,7 +1,8 @@
 """Stateful property test: random sequences of pushes, promotions, guarded promotions, moves,
 releases, roll-backs of any earlier promotion, hygiene runs with random rules (and random
 ``include_archived``, ``protect_pulled_within_days``, ``max_removals`` and ``last_tag_preference``),
-concurrent external tag moves, archiving and restoring images, and pulls, against the double.
+copies into another account, concurrent external tag moves, archiving and restoring images, and
+pulls, against the double.
 
 Invariants after every step:
 - with ``allow_image_deletion=False`` the set of images only grows;
@@ -13,6 +14,7 @@ Invariants after every step:
 - hygiene never removes a tag of an archived image unless ``include_archived``, nor one of an
   image pulled within ``protect_pulled_within_days``; over ``max_removals`` it removes nothing,
   under it never more; the tag an image keeps follows ``last_tag_preference``.
+- a copy leaves the source as it was, and in the other account the images only grow.
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, multiple, rule
 
-from airflow_ecr_retag import EcrReleaseOperator, EcrRetagOperator, EcrRollbackOperator, EcrTagHygieneOperator
+from airflow_ecr_retag import (
+    EcrCopyImageOperator,
+    EcrReleaseOperator,
+    EcrRetagOperator,
+    EcrRollbackOperator,
+    EcrTagHygieneOperator,
+)
 from airflow_ecr_retag.exceptions import EcrRetagError, GuardFailedError, RemovalCapExceededError
 from airflow_ecr_retag.testing import EcrDouble, build_image
 
@@ -41,6 +49,8 @@ FREE_TAGS = ["sha-1", "sha-2", "sha-3", "latest", "pr-1", "pr-2", "rc"]
 ALL_TAGS = PROTECTED_TAGS + FREE_TAGS
 PATTERNS = ["sha-*", "latest", "pr-*", "*", "rc", "v*"]
 START = datetime(2026, 6, 1, tzinfo=UTC)
+#: The account copies go to (the same Region: one client serves both sides).
+PROD = "210987654321"
 
 rule_strategy = st.fixed_dictionaries(
     {"tag_pattern": st.sampled_from(PATTERNS)},
@@ -69,8 +79,10 @@ class RegistryMachine(RuleBasedStateMachine):
         self.ecr = EcrDouble()
         self.ecr.__enter__()
         self.ecr.create_repository(REPO)
+        self.ecr.create_repository(REPO, registry_id=PROD)
         self.names = itertools.count()
         self.known_images: set[str] = set()
+        self.known_in_prod: set[str] = set()
         self.protected = {}
 
     def teardown(self) -> None:
@@ -408,6 +420,35 @@ class RegistryMachine(RuleBasedStateMachine):
         if digest is not None:
             self.ecr.set_last_pulled(REPO, digest, time.time() - days_ago * 86400)
 
+    @rule(digest=images, target_list=st.lists(st.sampled_from(ALL_TAGS), min_size=1, max_size=2, unique=True))
+    def copy_to_another_account(self, digest, target_list):
+        if not self._pullable(digest):  # archived images cannot be pulled, so not copied
+            self._after()
+            return
+        source_before = (self.ecr.tags(REPO), set(self.ecr.images(REPO)))
+        context = make_context()
+        returned = EcrCopyImageOperator(
+            task_id="c",
+            source_repository_name=REPO,
+            source_digest=digest,
+            repository_name=REPO,
+            registry_id=PROD,
+            target_tags=target_list,
+            **AWS,
+        ).execute(context)
+        report = context["ti"].xcom["copy"]
+        prod = self.ecr.tags(REPO, registry_id=PROD)
+        assert returned == report["digest"] == digest
+        assert all(prod[t] == digest for t in target_list)
+        assert sorted(report["added"] + report["unchanged"]) == sorted(target_list)
+        assert report["blobs_copied"] + report["blobs_present"] == report["blobs"]
+        image = self.ecr.images(REPO)[digest]
+        assert self.ecr.images(REPO, registry_id=PROD)[digest].manifest == image.manifest
+        assert {d["digest"] for d in image.blob_descriptors} <= set(self.ecr.blobs_of(REPO, registry_id=PROD))
+        assert (self.ecr.tags(REPO), set(self.ecr.images(REPO))) == source_before  # only read
+        self.known_in_prod |= set(self.ecr.images(REPO, registry_id=PROD))
+        self._after()
+
     @rule(tag=st.sampled_from(FREE_TAGS), digest=images)
     def external_move(self, tag, digest):
         if digest in self.ecr.images(REPO):
@@ -417,6 +458,7 @@ class RegistryMachine(RuleBasedStateMachine):
     @invariant()
     def images_only_grow(self):
         assert self.known_images <= set(self.ecr.images(REPO))
+        assert self.known_in_prod <= set(self.ecr.images(REPO, registry_id=PROD))
 
 
 RegistryMachine.TestCase.settings = settings(

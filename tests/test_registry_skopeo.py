@@ -1,5 +1,6 @@
 """A client nobody here wrote: skopeo pushes into the double over ``/v2/``, the operator promotes,
-skopeo pulls back by each new tag, and copies a multi-arch index between repositories.
+skopeo pulls back by each new tag, and copies a multi-arch index between repositories; and skopeo
+pulls what EcrCopyImageOperator copied into another account's registry.
 
 skopeo is Debian's package, installed by ``make test`` (the Makefile's ``skopeo`` target) where
 it is missing. Where it cannot be installed these tests skip, and ``-ra`` prints why. skopeo is
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 from helpers import AWS, make_context
 
-from airflow_ecr_retag import EcrRetagOperator
+from airflow_ecr_retag import EcrCopyImageOperator, EcrRetagOperator
 from airflow_ecr_retag.testing import build_image, write_oci_layout
 from airflow_ecr_retag.testing.blob_store import read_all
 
@@ -118,3 +119,40 @@ def test_skopeo_copy_all_of_a_multi_arch_index_keeps_the_digest(ecr_double, skop
     assert set(ecr_double.images("team/copy")) == {index.digest, *(child.digest for child in index.children)}
     copied = {d for child in index.children for d in child.blobs}
     assert copied <= set(ecr_double.blobs_of("team/copy"))
+
+
+def test_skopeo_pulls_the_copy_from_the_other_accounts_registry(ecr_double, skopeo, tmp_path):
+    prod, prod_region = "210987654321", "eu-west-1"
+    index = build_image("oci-index", "skopeo-copied")
+    ecr_double.push(REPO, index, ["sha-1"])
+    ecr_double.create_repository(REPO, registry_id=prod, region_name=prod_region)
+    EcrCopyImageOperator(
+        task_id="copy",
+        source_repository_name=REPO,
+        source_tag="sha-1",
+        source_region_name="us-east-1",
+        repository_name=REPO,
+        registry_id=prod,
+        target_tags=["prod"],
+        aws_conn_id=None,
+        region_name=prod_region,
+    ).execute(make_context())
+
+    user, password = ecr_double.registry_credentials(region_name=prod_region)
+    endpoint = ecr_double.registry_endpoint(registry_id=prod, region_name=prod_region)
+    assert endpoint != ecr_double.registry_endpoint()  # the other account's registry, its own address
+    theirs = Skopeo(tmp_path / "skopeo-prod", endpoint, f"{user}:{password}")
+    layout = tmp_path / "pulled"
+    theirs.copy(theirs.ref(f"{REPO}:prod"), f"oci:{layout}:prod", "--all", "--preserve-digests")
+
+    [entry] = json.loads((layout / "index.json").read_text())["manifests"]
+    assert entry["digest"] == index.digest  # the same digest: every platform, byte for byte
+    blobs = layout / "blobs" / "sha256"
+    for part in (*index.children, index):
+        assert (blobs / part.digest.split(":", 1)[1]).read_text() == part.manifest
+        for digest, blob in part.blobs.items():
+            assert (blobs / digest.split(":", 1)[1]).read_bytes() == read_all(blob)
+    inspected = json.loads(
+        theirs.run("inspect", "--tls-verify=false", "--creds", theirs.creds, theirs.ref(f"{REPO}:prod"))
+    )
+    assert inspected["Digest"] == index.digest

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import readme_policy_actions
+from conftest import readme_policy_actions, readme_policy_statements
 from scenarios import REPO, SCENARIOS, seed_retag
 
 import airflow_ecr_retag
@@ -43,8 +43,60 @@ def test_iam_policy_lists_exactly_the_operations_the_code_calls():
             "DescribeRepositories",
             "DescribeImageScanFindings",
             "StartImageScan",
+            # the copy (EcrCopyImageOperator)
+            "ListImageReferrers",
+            "GetDownloadUrlForLayer",
+            "BatchCheckLayerAvailability",
+            "InitiateLayerUpload",
+            "UploadLayerPart",
+            "CompleteLayerUpload",
+            "CreateRepository",
         }
     )
+
+
+def test_a_copys_source_and_target_credentials_call_exactly_their_statements_actions(monkeypatch):
+    """Two connections, two accounts: each side's calls, counted on its own client, are its statement's."""
+    from helpers import make_context
+
+    from airflow_ecr_retag import EcrCopyImageOperator
+    from airflow_ecr_retag.core.manifests import cosign_tags
+    from airflow_ecr_retag.testing import build_referrer
+
+    with EcrDouble() as ecr:
+        prod = "210987654321"
+        key, secret = ecr.caller_credentials(registry_id=prod)
+        monkeypatch.setenv("AIRFLOW_CONN_AWS_BUILD", json.dumps({"conn_type": "aws"}))
+        monkeypatch.setenv("AIRFLOW_CONN_AWS_PROD", json.dumps({"conn_type": "aws", "login": key, "password": secret}))
+        ecr.create_repository(REPO)
+        image = build_image("oci-index", "app")
+        digest = ecr.push(REPO, image, ["sha-1"])
+        ecr.push(REPO, build_referrer(image))
+        ecr.push(REPO, build_image("oci", "signature"), [cosign_tags(digest)[0]])
+        ecr.create_repository("team/other", registry_id=prod)
+        ecr.push("team/other", build_image("oci", "old"), ["prod"], registry_id=prod)  # a tag moves: mutability read
+        sides: dict[str, set[str]] = {"source": set(), "target": set()}
+        task = EcrCopyImageOperator(
+            task_id="copy",
+            source_repository_name=REPO,
+            source_tag="sha-1",
+            source_aws_conn_id="aws_build",
+            repository_name="team/other",
+            target_tags=["prod"],
+            aws_conn_id="aws_prod",
+            region_name="us-east-1",
+        )
+        for side, hook in (("source", task.source_hook), ("target", task.hook)):
+            hook.conn.meta.events.register(
+                "before-call.ecr", lambda model, _side=side, **_: sides[_side].add(model.name)
+            )
+        task.execute(make_context())
+        assert ecr.tags("team/other", registry_id=prod)["prod"] == digest
+        task.repository_name, task.create_repository = "team/new", True
+        task.execute(make_context())
+    statements = readme_policy_statements()
+    assert sides["source"] == statements["AirflowEcrCopySource"]
+    assert sides["target"] == statements["AirflowEcrCopyTarget"]
 
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETKEY"

@@ -7,8 +7,16 @@ accepted so ECR never translates) and :func:`fetch_images_async` for the trigger
 :func:`describe_repositories` (by name, for tag mutability, with :func:`tag_is_immutable`),
 :func:`scan_findings_pages` and :func:`scan_findings_pages_async` (the DescribeImageScanFindings
 paginator). Write: :func:`put_tag`, :func:`remove_tags`, :func:`start_image_scan` (and
-:func:`start_image_scan_async`). Optional API arguments go through :func:`pruned`, so
-``registry_id=None`` means the caller's own registry.
+:func:`start_image_scan_async`).
+
+For copies between repositories (:mod:`~airflow_ecr_retag.core.image_copy`): reads
+:func:`available_layers` (BatchCheckLayerAvailability, 100 digests a call), :func:`download_url`
+(GetDownloadUrlForLayer), :func:`list_referrers` (ListImageReferrers, every page); writes
+:func:`start_layer_upload`, :func:`upload_layer_part`, :func:`complete_layer_upload`,
+:func:`put_manifest` (PutImage by digest, untagged) and :func:`create_repository`.
+
+Optional API arguments go through :func:`pruned`, so ``registry_id=None`` means the caller's own
+registry.
 """
 
 from __future__ import annotations
@@ -21,10 +29,15 @@ from typing import Any
 from airflow_ecr_retag.core.errors import DigestMismatchError, ImmutableTagError, ManifestTooLargeError, error_code
 from airflow_ecr_retag.core.limits import (
     MAX_IMAGE_IDS,
+    MAX_LAYER_DIGESTS,
+    MAX_LAYER_PART_BYTES,
+    MAX_LAYER_PARTS,
     MAX_MANIFEST_CHARS,
+    MAX_REFERRERS_RESULTS,
     MAX_REPOSITORY_NAMES,
     MAX_REPOSITORY_RESULTS,
     MAX_RESULTS,
+    MIN_LAYER_PART_BYTES,
 )
 from airflow_ecr_retag.core.manifests import MANIFEST_MEDIA_TYPES, declared_media_type, manifest_digest
 
@@ -346,3 +359,163 @@ async def start_image_scan_async(
     """:func:`start_image_scan` for an aiobotocore client."""
     response = await client.start_image_scan(**_scan_params(repository_name, digest, registry_id))
     return response.get("imageScanStatus", {})
+
+
+# ---------------------------------------------------------------------- layers and referrers
+def available_layers(
+    client: Any, repository_name: str, digests: Sequence[str], registry_id: str | None = None
+) -> set[str]:
+    """BatchCheckLayerAvailability, 100 digests a call: the digests the repository has (AVAILABLE).
+
+    UNAVAILABLE (only another repository of the registry has it), ARCHIVED and the per-digest
+    failures (``MissingLayerDigest``) all mean: upload it.
+    """
+    available: set[str] = set()
+    for batch in chunks(list(digests), MAX_LAYER_DIGESTS):
+        response = client.batch_check_layer_availability(
+            **pruned(registryId=registry_id, repositoryName=repository_name, layerDigests=list(batch))
+        )
+        available |= {
+            layer["layerDigest"]
+            for layer in response.get("layers", [])
+            if layer.get("layerAvailability") == "AVAILABLE"
+        }
+    return available
+
+
+def download_url(client: Any, repository_name: str, digest: str, registry_id: str | None = None) -> str:
+    """GetDownloadUrlForLayer: a presigned URL of the blob (no credentials needed to fetch it)."""
+    response = client.get_download_url_for_layer(
+        **pruned(registryId=registry_id, repositoryName=repository_name, layerDigest=digest)
+    )
+    return response["downloadUrl"]
+
+
+def list_referrers(
+    client: Any, repository_name: str, digest: str, registry_id: str | None = None
+) -> list[dict[str, Any]]:
+    """ListImageReferrers for ``digest``, every page (``nextToken``; botocore has no paginator for it):
+    the descriptors (``digest``, ``mediaType``, ``artifactType``, ...) of the images that refer to it."""
+    referrers: list[dict[str, Any]] = []
+    token = None
+    while True:
+        response = client.list_image_referrers(
+            **pruned(
+                registryId=registry_id,
+                repositoryName=repository_name,
+                subjectId={"imageDigest": digest},
+                maxResults=MAX_REFERRERS_RESULTS,
+                nextToken=token,
+            )
+        )
+        referrers += response.get("referrers", [])
+        token = response.get("nextToken")
+        if not token:
+            return referrers
+
+
+@dataclass(frozen=True)
+class LayerUpload:
+    """An upload started by InitiateLayerUpload."""
+
+    upload_id: str
+    #: The largest part to send: ECR's ``partSize``, within the quotas page's 5-10 MiB.
+    max_part_size: int
+
+    def part_size(self, blob_size: int) -> int:
+        """The part size for a blob: the smallest the quotas allow (every part but the last at least
+        5 MiB) that keeps it within 4,200 parts, so a blob in flight holds as little as it can."""
+        needed = -(-blob_size // MAX_LAYER_PARTS)
+        return min(self.max_part_size, max(MIN_LAYER_PART_BYTES, needed))
+
+
+def start_layer_upload(client: Any, repository_name: str, registry_id: str | None = None) -> LayerUpload:
+    """InitiateLayerUpload: the upload id, and ECR's ``partSize`` kept within the quotas page's 5-10 MiB."""
+    response = client.initiate_layer_upload(**pruned(registryId=registry_id, repositoryName=repository_name))
+    offered = response.get("partSize") or MAX_LAYER_PART_BYTES
+    return LayerUpload(response["uploadId"], min(MAX_LAYER_PART_BYTES, max(MIN_LAYER_PART_BYTES, offered)))
+
+
+def upload_layer_part(
+    client: Any,
+    repository_name: str,
+    upload_id: str,
+    first_byte: int,
+    data: bytes | bytearray,
+    registry_id: str | None = None,
+) -> None:
+    """UploadLayerPart: ``data`` as the bytes ``first_byte`` to ``first_byte + len(data) - 1``.
+
+    ECR answers a part that does not continue the upload with ``InvalidLayerPartException`` and
+    ``lastValidByteReceived``: see :func:`last_valid_byte`.
+    """
+    client.upload_layer_part(
+        **pruned(
+            registryId=registry_id,
+            repositoryName=repository_name,
+            uploadId=upload_id,
+            partFirstByte=first_byte,
+            partLastByte=first_byte + len(data) - 1,
+            layerPartBlob=data,
+        )
+    )
+
+
+def last_valid_byte(error: BaseException) -> int | None:
+    """For an ``InvalidLayerPartException``, the offset of the last byte ECR holds (-1: none); else None."""
+    if error_code(error) != "InvalidLayerPartException":
+        return None
+    value = getattr(error, "response", {}).get("lastValidByteReceived")
+    return value if isinstance(value, int) else None
+
+
+def complete_layer_upload(
+    client: Any, repository_name: str, upload_id: str, digest: str, registry_id: str | None = None
+) -> bool:
+    """CompleteLayerUpload. True if this upload made the layer; False if the repository already had
+    it (``LayerAlreadyExistsException``: a concurrent copy got there first), which is success too."""
+    try:
+        client.complete_layer_upload(
+            **pruned(registryId=registry_id, repositoryName=repository_name, uploadId=upload_id, layerDigests=[digest])
+        )
+        return True
+    except Exception as error:
+        if error_code(error) != "LayerAlreadyExistsException":
+            raise
+        return False
+
+
+def put_manifest(client: Any, repository_name: str, image: FetchedImage, registry_id: str | None = None) -> str | None:
+    """PutImage of ``image``'s manifest, byte for byte, by digest and untagged (an index's child, a
+    referrer, an image its referrers need in place before its tags).
+
+    Returns the registry id ECR answered with, or None when the image was already there
+    (``ImageAlreadyExistsException``: success, so a retry converges).
+    """
+    try:
+        response = client.put_image(
+            **pruned(
+                registryId=registry_id,
+                repositoryName=repository_name,
+                imageManifest=image.manifest,
+                imageManifestMediaType=image.media_type,
+                imageDigest=image.digest,
+            )
+        )
+    except Exception as error:
+        if error_code(error) != "ImageAlreadyExistsException":
+            raise
+        return None
+    return response.get("image", {}).get("registryId")
+
+
+def create_repository(client: Any, repository_name: str, registry_id: str | None = None) -> str | None:
+    """CreateRepository with ECR's defaults; an existing repository (a concurrent run made it) is
+    success. Returns the registry id ECR answered with, if it did."""
+    try:
+        response = client.create_repository(**pruned(registryId=registry_id, repositoryName=repository_name))
+    except Exception as error:
+        if error_code(error) != "RepositoryAlreadyExistsException":
+            raise
+        return None
+    return response.get("repository", {}).get("registryId")

@@ -59,6 +59,11 @@ class DigestMismatchError(EcrRetagError):
     """The manifest's bytes do not hash to the digest ECR reported or the user expected."""
 
 
+class BlobDigestMismatchError(EcrRetagError):
+    """A blob's bytes, as the source served them, do not hash to its digest (or are not its size):
+    the copy stops before the blob is completed, and nothing is tagged."""
+
+
 class ManifestTooLargeError(EcrRetagError):
     """A manifest over ECR's PutImage limit: re-putting it would fail, so nothing is written."""
 
@@ -138,6 +143,12 @@ PERMANENT_ERROR_CODES = frozenset(
         "ImageDigestDoesNotMatchException",
         "KmsException",
         "RepositoryPolicyNotFoundException",
+        # Layer transfer: a layer no image references, bytes that are not the digest, parts that
+        # break ECR's rules. A retry sends the same request again.
+        "LayerInaccessibleException",
+        "InvalidLayerException",
+        "EmptyUploadException",
+        "LayerPartTooSmallException",
     }
 )
 

@@ -53,3 +53,40 @@ def declared_media_type(manifest: str) -> str | None:
         return None
     value = parsed.get("mediaType") if isinstance(parsed, dict) else None
     return value if isinstance(value, str) else None
+
+
+#: cosign's tag-based scheme: the signature, attestation and SBOM of ``sha256:<hex>`` are images
+#: in the same repository tagged ``sha256-<hex>`` plus one of these (newer cosign writes OCI 1.1
+#: referrers instead).
+COSIGN_TAG_SUFFIXES: tuple[str, ...] = (".sig", ".att", ".sbom")
+
+
+def cosign_tags(digest: str) -> list[str]:
+    """The tags cosign's tag-based scheme gives the signature, attestation and SBOM of ``digest``."""
+    algorithm, _, hex_digest = digest.partition(":")
+    return [f"{algorithm}-{hex_digest}{suffix}" for suffix in COSIGN_TAG_SUFFIXES]
+
+
+def parsed(manifest: str) -> dict:
+    """The manifest as a JSON object ({} if it is not one)."""
+    try:
+        document = json.loads(manifest)
+    except ValueError:
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def child_digests(document: dict, media_type: str) -> list[str]:
+    """The manifests an index or manifest list lists, in its order (none for an image manifest)."""
+    if media_type not in INDEX_MEDIA_TYPES:
+        return []
+    return [entry["digest"] for entry in document.get("manifests", []) if isinstance(entry, dict) and "digest" in entry]
+
+
+def blob_descriptors(document: dict, media_type: str) -> list[dict]:
+    """The config and layer descriptors of an image manifest (none for an index), each with
+    ``digest`` and ``size``."""
+    if media_type in INDEX_MEDIA_TYPES:
+        return []
+    candidates = [document.get("config"), *document.get("layers", [])]
+    return [d for d in candidates if isinstance(d, dict) and isinstance(d.get("digest"), str)]

@@ -12,11 +12,18 @@ runs separately so that every repository is read and checked before the first wr
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from airflow_ecr_retag.core import ecr, validation
-from airflow_ecr_retag.core.errors import GuardFailedError, ImageNotFoundError, InvalidInputError, TargetExistsError
+from airflow_ecr_retag.core.errors import (
+    GuardFailedError,
+    ImageNotFoundError,
+    ImmutableTagError,
+    InvalidInputError,
+    TargetExistsError,
+)
 
 _module_log = logging.getLogger(__name__)
 
@@ -107,11 +114,13 @@ class PromotionPlan:
 
 
 def read(
-    client: Any, request: PromotionRequest
+    client: Any, request: PromotionRequest, extra: Sequence[dict[str, str]] = ()
 ) -> tuple[dict[tuple[str, str], ecr.FetchedImage], dict[tuple[str, str], dict[str, Any]]]:
-    """One BatchGetImage for the source and every target."""
+    """One BatchGetImage for the source and every target (and ``extra`` references, which a copy
+    reads in the same call: the manifests and signature tags it may have to put)."""
     target_refs = [ecr.ref(tag=t) for t in request.target_tags]
-    return ecr.fetch_images(client, request.repository_name, [request.source_ref, *target_refs], request.registry_id)
+    refs = [request.source_ref, *target_refs, *extra]
+    return ecr.fetch_images(client, request.repository_name, refs, request.registry_id)
 
 
 def plan(
@@ -192,6 +201,17 @@ def write(
         moved=moved,
         source_tag_removed=removed,
     )
+
+
+def immutable_conflict(plan: PromotionPlan, repository: dict[str, Any]) -> ImmutableTagError | None:
+    """The refusal ECR would give the plan's moves, decided from the target repository's
+    DescribeRepositories entry (its tag mutability and exclusion filters), or None: lets a caller
+    fail before its first write rather than at the first move."""
+    repo, digest = plan.request.repository_name, plan.image.digest
+    frozen = [t for t in plan.moved if ecr.tag_is_immutable(repository, t)]
+    if not frozen:
+        return None
+    return ImmutableTagError("; ".join(str(ecr.immutable_tag_error(repo, t, plan.moved[t], digest)) for t in frozen))
 
 
 def planned_report(plan: PromotionPlan, region_name: str) -> dict[str, Any]:

@@ -19,8 +19,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_ecr_retag.core import ecr, validation
-from airflow_ecr_retag.core.errors import ImmutableTagError, ReleaseCheckFailedError, ReleaseFailedError, as_core_error
-from airflow_ecr_retag.core.promotion import PromotionPlan, PromotionRequest, plan, planned_report, read, write
+from airflow_ecr_retag.core.errors import ReleaseCheckFailedError, ReleaseFailedError, as_core_error
+from airflow_ecr_retag.core.promotion import (
+    PromotionPlan,
+    PromotionRequest,
+    immutable_conflict,
+    plan,
+    planned_report,
+    read,
+    write,
+)
 from airflow_ecr_retag.core.promotion_rollback import RollbackRequest, roll_back, summary
 
 _module_log = logging.getLogger(__name__)
@@ -108,14 +116,9 @@ def check(client: Any, request: ReleaseRequest, *, log: logging.Logger | Any = _
     if moving:
         repositories = ecr.describe_repositories(client, list(moving), request.registry_id)
         for repo, moving_plan in moving.items():
-            frozen = [t for t in moving_plan.moved if ecr.tag_is_immutable(repositories.get(repo, {}), t)]
-            if frozen:
-                problems[repo] = ImmutableTagError(
-                    "; ".join(
-                        str(ecr.immutable_tag_error(repo, t, moving_plan.moved[t], moving_plan.image.digest))
-                        for t in frozen
-                    )
-                )
+            conflict = immutable_conflict(moving_plan, repositories.get(repo, {}))
+            if conflict is not None:
+                problems[repo] = conflict
     if problems:
         order = [p.repository_name for p in request.promotions]
         listing = "; ".join(f"{repo}: {problems[repo]}" for repo in sorted(problems, key=order.index))

@@ -167,7 +167,10 @@ class HygieneRequest:
             last_tag_preference=validation.patterns(last_tag_preference, "last_tag_preference"),
             repositories=selection,
             max_concurrent_repositories=validation.bounded_int(
-                max_concurrent_repositories, "max_concurrent_repositories", 1, MAX_CONCURRENT_REPOSITORIES
+                max_concurrent_repositories,
+                "max_concurrent_repositories",
+                minimum=1,
+                maximum=MAX_CONCURRENT_REPOSITORIES,
             ),
         )
 

@@ -95,6 +95,20 @@ def flag(value: Any, field: str) -> bool:
     return value
 
 
+#: Blobs a copy moves at once, at most: each holds up to one upload part (10 MiB) and botocore's
+#: base64 of it in memory while it is sent.
+MAX_COPY_CONCURRENCY = 32
+
+
+def bounded_int(value: Any, field: str, *, minimum: int, maximum: int) -> int:
+    """A whole number within [minimum, maximum] (never a bool, never a string from a template)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInputError(field, f"must be a whole number from {minimum} to {maximum}", value)
+    if not minimum <= value <= maximum:
+        raise InvalidInputError(field, f"must be from {minimum} to {maximum}", value)
+    return value
+
+
 def optional(check: Any, value: Any, field: str) -> Any:
     """Apply ``check`` unless the value is None."""
     return None if value is None else check(value, field)
@@ -325,13 +339,6 @@ def days(value: Any, field: str) -> float:
     """A number of days, zero or more (not a bool, not NaN)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
         raise InvalidInputError(field, "must be a non-negative number of days", value)
-    return value
-
-
-def bounded_int(value: Any, field: str, low: int, high: int) -> int:
-    """An integer from ``low`` to ``high`` (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidInputError(field, f"must be an integer from {low} to {high}", value)
     return value
 
 

@@ -194,6 +194,13 @@ class EcrDouble(CallRecording, ScanSeeding):
         ``aws ecr get-login-password`` gives them (``skopeo --creds AWS:<password>``)."""
         return registry_auth.REGISTRY_USER, registry_auth.registry_password(self, region_name or self.region_name)
 
+    def caller_credentials(self, *, registry_id: str) -> tuple[str, str]:
+        """An access key id and secret that call as ``registry_id``'s own account: a client (or an
+        Airflow connection, ``login`` and ``password``) with them reaches that account's registry
+        without a ``registryId``, as another AWS account's credentials would."""
+        with self._lock:
+            return registries.caller_credentials(registry_id)
+
     def download_url(self, registry: Registry, repository_name: str, digest: str) -> str:
         """A presigned-style URL of a blob on the blob listener (as GetDownloadUrlForLayer returns)."""
         path = blob_urls.blob_path(registry.account, registry.region, repository_name, digest)

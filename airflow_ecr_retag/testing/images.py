@@ -128,9 +128,11 @@ def _descriptor(media_type: str, blob: Blob) -> dict[str, Any]:
     return {"mediaType": media_type, "size": blob.size, "digest": blob.digest}
 
 
-def _index(name: str, *, oci: bool, platforms: Iterable[str], layer_bytes: int | None) -> BuiltImage:
+def _index(name: str, *, oci: bool, platforms: Iterable[str], layers: int, layer_bytes: int | None) -> BuiltImage:
     # The children are images of their own: their blobs differ from a single-platform build.
-    children = tuple(_single(f"{name}+index", oci=oci, platform=p, layer_bytes=layer_bytes) for p in platforms)
+    children = tuple(
+        _single(f"{name}+index", oci=oci, platform=p, layers=layers, layer_bytes=layer_bytes) for p in platforms
+    )
     media_type = OCI_INDEX if oci else DOCKER_MANIFEST_LIST
     document = {
         "schemaVersion": 2,
@@ -153,6 +155,7 @@ def build_image(
     name: str = "app",
     *,
     platforms: Iterable[str] = DEFAULT_PLATFORMS,
+    layers: int = 2,
     layer_bytes: int | None = None,
 ) -> BuiltImage:
     """Build a realistic image of one of :data:`IMAGE_KINDS`.
@@ -162,21 +165,24 @@ def build_image(
         ``docker-list`` (multi-arch, with one child per platform).
     :param name: distinct names give distinct blobs and so distinct digests.
     :param platforms: the platforms of a multi-arch image.
-    :param layer_bytes: make each of the two layers an uncompressed tar of one generated file of
-        this many bytes, made on the fly (a 1 GiB layer holds no memory; building one hashes it
-        once, about a second per GiB). By default layers are small gzip'd tars.
+    :param layers: how many layers each image (each platform's) has. Layer ``i`` of two builds of
+        one name, kind and ``layer_bytes`` is the same blob whatever ``layers`` is, so a build with
+        fewer layers shares its base layers with one with more (as successive builds do).
+    :param layer_bytes: make each layer an uncompressed tar of one generated file of this many
+        bytes, made on the fly (a 1 GiB layer holds no memory; building one hashes it once, about a
+        second per GiB). By default layers are small gzip'd tars.
     """
     platforms = tuple(platforms)
     if kind == "docker":
-        return _single(name, oci=False, layer_bytes=layer_bytes)
+        return _single(name, oci=False, layers=layers, layer_bytes=layer_bytes)
     if kind == "oci":
-        return _single(name, oci=True, layer_bytes=layer_bytes)
+        return _single(name, oci=True, layers=layers, layer_bytes=layer_bytes)
     if kind == "oci-no-mediatype":
-        return _single(name, oci=True, with_media_type=False, layer_bytes=layer_bytes)
+        return _single(name, oci=True, with_media_type=False, layers=layers, layer_bytes=layer_bytes)
     if kind == "oci-index":
-        return _index(name, oci=True, platforms=platforms, layer_bytes=layer_bytes)
+        return _index(name, oci=True, platforms=platforms, layers=layers, layer_bytes=layer_bytes)
     if kind == "docker-list":
-        return _index(name, oci=False, platforms=platforms, layer_bytes=layer_bytes)
+        return _index(name, oci=False, platforms=platforms, layers=layers, layer_bytes=layer_bytes)
     raise ValueError(f"kind must be one of {', '.join(IMAGE_KINDS)}, not {kind!r}")
 
 

@@ -8,6 +8,11 @@ its own repositories; a registry of the double is exactly one of those. ECR pick
 - the Region is the client's Region (for ``/v2/``, the registry listener's, see
   :mod:`~airflow_ecr_retag.testing.registry_listeners`).
 
+The caller's own account is moto's rule: an access key that moto's IAM backend of an account issued
+(:func:`caller_credentials`) calls as that account, any other key as ``123456789012``. So two clients
+(two Airflow connections) with different keys are callers in two accounts, each reaching its own
+registry without a ``registryId``, as with two AWS accounts' credentials.
+
 Account settings (GetAccountSetting / PutAccountSetting) are kept per registry. A new setting
 is a line of :data:`ACCOUNT_SETTINGS`; code that depends on one reads :func:`account_setting`.
 """
@@ -61,6 +66,15 @@ class Registry:
     def repository(self, name: str) -> Any:
         """The repository, or moto's RepositoryNotFoundException."""
         return self.backend._get_repository(name, self.account)
+
+
+def caller_credentials(account: str) -> tuple[str, str]:
+    """A new access key id and secret whose requests are ``account``'s own (as the caller's
+    account, with no ``registryId``): a key moto's IAM backend of that account issued."""
+    from moto.iam.models import iam_backends
+
+    key = iam_backends[check_registry_id(account, "registry_id")]["aws"].create_temp_access_key()
+    return key.access_key_id, key.secret_access_key
 
 
 def check_registry_id(registry_id: Any, where: str = "registryId") -> str:

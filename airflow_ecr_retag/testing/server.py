@@ -59,7 +59,9 @@ def _seed(double: EcrDouble, body: dict[str, Any]) -> Any:
         "digests": [
             double.push(
                 body["repository"],
-                build_image(i.get("kind", "oci"), i["name"], layer_bytes=i.get("layer_bytes")),
+                build_image(
+                    i.get("kind", "oci"), i["name"], layers=i.get("layers", 2), layer_bytes=i.get("layer_bytes")
+                ),
                 i.get("tags", []),
                 pushed_at=i.get("pushed_at"),
                 **_where(body),
@@ -84,9 +86,22 @@ def _tags(double: EcrDouble, body: dict[str, Any]) -> Any:
     return {"tags": double.tags(body["repository"], **_where(body))}
 
 
+def _blobs(double: EcrDouble, body: dict[str, Any]) -> Any:
+    return {"blobs": double.blobs_of(body["repository"], **_where(body))}
+
+
+def _requests(double: EcrDouble, body: dict[str, Any]) -> Any:
+    return {"requests": double.requests_for(body["operation"])}
+
+
 def _registry(double: EcrDouble, body: dict[str, Any]) -> Any:
     user, password = double.registry_credentials(region_name=body.get("region_name"))
     return {"endpoint": double.registry_endpoint(**_where(body)), "user": user, "password": password}
+
+
+def _caller_credentials(double: EcrDouble, body: dict[str, Any]) -> Any:
+    key, secret = double.caller_credentials(registry_id=body["registry_id"])
+    return {"access_key_id": key, "secret_access_key": secret}
 
 
 def _memory(double: EcrDouble, body: dict[str, Any]) -> Any:
@@ -117,7 +132,10 @@ _CONTROL_ACTIONS: dict[str, Callable[[EcrDouble, dict[str, Any]], Any]] = {
     "seed-many": _seed_many,
     "move-tags": _move_tags,
     "tags": _tags,
+    "blobs": _blobs,
+    "requests": _requests,
     "registry": _registry,
+    "caller-credentials": _caller_credentials,
     "memory": _memory,
     "cpu": _cpu,
 }
@@ -175,7 +193,8 @@ class RemoteEcrDouble:
         self._post("create-repository", repository=repository, mutability=mutability, **where)
 
     def seed(self, repository: str, images: list[dict[str, Any]], **where: str) -> list[str]:
-        """Push images directly (not counted): each ``{"kind", "name", "tags", "pushed_at", "layer_bytes"}``."""
+        """Push images directly (not counted): each
+        ``{"kind", "name", "tags", "pushed_at", "layers", "layer_bytes"}``."""
         return self._post("seed", repository=repository, images=images, **where)["digests"]
 
     def seed_many(self, repository: str, images: list[dict[str, Any]], **where: str) -> list[str]:
@@ -190,6 +209,14 @@ class RemoteEcrDouble:
     def tags(self, repository: str, **where: str) -> dict[str, str]:
         return self._post("tags", repository=repository, **where)["tags"]
 
+    def blobs_of(self, repository: str, **where: str) -> dict[str, int]:
+        """The blobs a repository has, digest -> size."""
+        return self._post("blobs", repository=repository, **where)["blobs"]
+
+    def requests_for(self, operation: str) -> list[dict[str, Any]]:
+        """The parameters of every call of ``operation`` since the last reset, as the double logged them."""
+        return self._post("requests", operation=operation)["requests"]
+
     def memory(self, *, reset_peak: bool = False) -> dict[str, int | None]:
         """The server's resident memory (``rss``) and its peak (``peak``), in bytes."""
         return self._post("memory", reset_peak=reset_peak)
@@ -202,6 +229,12 @@ class RemoteEcrDouble:
         """A registry's ``/v2/`` endpoint, user and password (``where``: ``registry_id``, ``region_name``)."""
         answer = self._post("registry", **where)
         return answer["endpoint"], answer["user"], answer["password"]
+
+    def caller_credentials(self, *, registry_id: str) -> tuple[str, str]:
+        """An access key id and secret that call as ``registry_id``'s own account (see
+        :meth:`EcrDouble.caller_credentials <airflow_ecr_retag.testing.double.EcrDouble.caller_credentials>`)."""
+        answer = self._post("caller-credentials", registry_id=registry_id)
+        return answer["access_key_id"], answer["secret_access_key"]
 
 
 # ---------------------------------------------------------------------- the server
