@@ -17,8 +17,8 @@ environment) and point ``REPOSITORIES`` at yours.
 from __future__ import annotations
 
 import pendulum
+from airflow.providers.common.compat.sdk import AirflowFailException
 from airflow.sdk import DAG, Param, task
-from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_ecr_retag import EcrReleaseOperator, EcrRollbackOperator
 
