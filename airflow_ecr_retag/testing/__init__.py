@@ -31,6 +31,7 @@ from airflow_ecr_retag.testing.images import (
     push_image,
     write_oci_layout,
 )
+from airflow_ecr_retag.testing.recording import StagedCall
 from airflow_ecr_retag.testing.scan_rules import Vulnerability
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "Fault",
     "RecordedCall",
     "RemoteEcrDouble",
+    "StagedCall",
     "StoredImage",
     "Vulnerability",
     "build_image",
