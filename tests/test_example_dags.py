@@ -183,3 +183,19 @@ def test_hygiene_dag_dry_run_then_clean_up(served, run_dag):
     assert tags["pr-7"]  # its image's last tag: kept, not deleted
     assert set(served.images(REPO)) == images_before
 
+
+def test_a_failed_promotion_logs_no_missing_link(served, run_dag, capfd):
+    """The "ECR Image" link exists from the start (the repositories, then the image), so a task
+    that fails before it knows the image logs no ``XCom not found ... key='ecr_image'`` error."""
+    dag_run = run_dag("example_ecr_release", task_ids=["promote"], run_conf={"sha": "missing", "version": "v3"})
+    assert dag_run.states == {"promote": "failed"}
+    assert served.calls["PutImage"] == 0
+    output = "".join(capfd.readouterr())
+    assert "ImageNotFoundError" in output
+    # Only the pull of test_image's digest, a task left out of this run, finds no XCom.
+    missing = [line for line in output.splitlines() if "XCom not found" in line]
+    assert missing and all("key=return_value" in line and "task_id=test_image" in line for line in missing)
+    # Until the image is known, the link shows the registry's repositories (its account is unknown yet).
+    assert dag_run.xcom("promote", "_link_EcrImageLink") == (
+        "https://console.aws.amazon.com/ecr/private-registry/repositories?region=us-east-1"
+    )

@@ -118,6 +118,16 @@ class EcrTagHygieneOperator(AwsBaseOperator[EcrHook]):
         self.max_concurrent_repositories = max_concurrent_repositories
 
     def execute(self, context: Context) -> dict[str, Any]:
+        # The link exists from the start (see links.py): the registry's repositories until the
+        # registry is known, and for a task over many repositories.
+        EcrRepositoryLink.persist(
+            context=context,
+            operator=self,
+            region_name=self.hook.conn_region_name,
+            aws_partition=self.hook.conn_partition,
+            registry_id=self.registry_id,
+            repository_name=self.repository_name,
+        )
         with fail_fast():
             request = HygieneRequest.validated(
                 repository_name=self.repository_name,

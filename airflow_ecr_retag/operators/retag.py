@@ -80,6 +80,15 @@ class EcrRetagOperator(AwsBaseOperator[EcrHook]):
         self.remove_source_tag = remove_source_tag
 
     def execute(self, context: Context) -> str:
+        # The link exists from the start (see links.py): the repository until the image is known.
+        EcrImageLink.persist(
+            context=context,
+            operator=self,
+            region_name=self.hook.conn_region_name,
+            aws_partition=self.hook.conn_partition,
+            registry_id=self.registry_id,
+            repository_name=self.repository_name,
+        )
         with fail_fast():
             request = PromotionRequest.validated(
                 repository_name=self.repository_name,
