@@ -4,7 +4,7 @@ Airflow reads ``AIRFLOW_HOME`` and its configuration once, when it is first impo
 must be chosen before anything imports Airflow: :func:`prepare_airflow_home` does that (the pytest
 plugin calls it in ``pytest_configure``, before your test modules are collected), and refuses,
 saying why, once Airflow is imported. :func:`migrate_metadata_db` creates the home's SQLite
-metadata DB (``airflow db migrate``, once a session). :func:`run_dag` then runs a DAG of the DAGs
+metadata DB (as ``airflow db migrate`` does, once a session). :func:`run_dag` then runs a DAG of the DAGs
 folder in this process with ``dag.test()``, the way ``airflow dags test`` runs it: every task
 through the Task SDK's runner, deferred tasks through an in-process triggerer, so templates,
 XComs, extra links, retries and trigger rules behave as in a real run, and the double's counters,
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -77,13 +76,13 @@ def prepare_airflow_home(
     return environ
 
 
-def migrate_metadata_db(*, timeout: float = 600) -> None:
-    """Create (or upgrade) the metadata DB of the Airflow home this process uses: ``airflow db migrate``
-    (about 10 s for a new SQLite DB), in a child process with this process's environment."""
-    command = [sys.executable, "-m", "airflow", "db", "migrate"]
-    out = subprocess.run(command, env=os.environ.copy(), capture_output=True, text=True, timeout=timeout)
-    if out.returncode != 0:
-        raise AirflowHomeError(f"airflow db migrate exited {out.returncode}:\n{(out.stdout + out.stderr)[-8000:]}")
+def migrate_metadata_db() -> None:
+    """Create (or upgrade) the metadata DB of the Airflow home this process uses, as
+    ``airflow db migrate`` does (about 4 s for a new SQLite DB; in this process, which imports
+    Airflow to run the DAGs anyway, rather than in a child that would import it again)."""
+    from airflow.utils import db
+
+    db.upgradedb()
 
 
 @dataclass(frozen=True)
