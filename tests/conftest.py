@@ -13,6 +13,9 @@ import socket
 
 import pytest
 
+# A user's project, run from the built wheel by test_user_project.py: never collected here.
+collect_ignore = ["user_project"]
+
 for _name, _value in {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
