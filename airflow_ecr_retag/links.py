@@ -10,9 +10,13 @@ repository, then (once promoted) the image.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.links.base_aws import BASE_AWS_CONSOLE_LINK, BaseAwsLink
+
+if TYPE_CHECKING:
+    from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
+    from airflow.sdk import Context
 
 _REPOSITORIES = BASE_AWS_CONSOLE_LINK + "/ecr/private-registry/repositories?region={region_name}"
 _REPOSITORY = BASE_AWS_CONSOLE_LINK + "/ecr/repositories/private/{registry_id}/{repository_name}?region={region_name}"
@@ -57,3 +61,17 @@ class EcrRepositoryLink(BaseAwsLink):
 
     def format_link(self, **kwargs: Any) -> str:
         return _console_link(**{key: value for key, value in kwargs.items() if key != "digest"})
+
+
+def persist_before_the_work(
+    link: type[BaseAwsLink], context: Context, operator: AwsBaseOperator, **values: Any
+) -> None:
+    """Persist ``link`` at the start of ``execute``, before any ECR call, with the values known then
+    (the client's Region and partition, no call made), so that it has its XCom whatever follows."""
+    link.persist(
+        context=context,
+        operator=operator,
+        region_name=operator.hook.conn_region_name,
+        aws_partition=operator.hook.conn_partition,
+        **values,
+    )

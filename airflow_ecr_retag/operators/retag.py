@@ -9,7 +9,7 @@ from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 
 from airflow_ecr_retag.core.promotion import PromotionRequest, promote
 from airflow_ecr_retag.exceptions import fail_fast
-from airflow_ecr_retag.links import EcrImageLink
+from airflow_ecr_retag.links import EcrImageLink, persist_before_the_work
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -80,14 +80,8 @@ class EcrRetagOperator(AwsBaseOperator[EcrHook]):
         self.remove_source_tag = remove_source_tag
 
     def execute(self, context: Context) -> str:
-        # The link exists from the start (see links.py): the repository until the image is known.
-        EcrImageLink.persist(
-            context=context,
-            operator=self,
-            region_name=self.hook.conn_region_name,
-            aws_partition=self.hook.conn_partition,
-            registry_id=self.registry_id,
-            repository_name=self.repository_name,
+        persist_before_the_work(
+            EcrImageLink, context, self, registry_id=self.registry_id, repository_name=self.repository_name
         )
         with fail_fast():
             request = PromotionRequest.validated(
