@@ -118,7 +118,7 @@ def _measure(endpoint: str, remote, arguments: dict) -> dict:
     result = run_child(endpoint, arguments)
     result["server_cpu"] = remote.cpu_seconds() - server_cpu
     result["load"] = [load_before, os.getloadavg()[0]]
-    result["calls"] = dict(remote.calls())
+    result["calls"] = dict(remote.calls)
     return result
 
 

@@ -114,7 +114,7 @@ def measure(endpoint: str, remote, case: Case, name: str, run: Callable, repeats
             code = re.search(r"\((\w+Exception)\)", str(error))
             outcomes.add(f"fails: {code.group(1) if code else str(error)[-80:]}")
         times.append(time.perf_counter() - started)
-        counted = remote.calls()
+        counted = remote.calls
         calls.append(sum(counted.values()))
         puts.append(counted.get("PutImage", 0))
         tags = remote.tags(repo)

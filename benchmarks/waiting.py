@@ -101,10 +101,10 @@ async def child_main(design: str, n: int, endpoint: str, interval: float, limit:
     # Settle: every wait has started polling; then measure three intervals of waiting.
     await asyncio.sleep(interval * 2)
     rss_waiting = process.memory_info().rss
-    calls_start = sum(remote.calls().values())
+    calls_start = sum(remote.calls.values())
     window_start = time.monotonic()
     await asyncio.sleep(interval * 3)
-    calls_in_window = sum(remote.calls().values()) - calls_start
+    calls_in_window = sum(remote.calls.values()) - calls_start
     window = time.monotonic() - window_start
     # Push every tag, in four waves a quarter interval apart.
     waves = [waits[i::4] for i in range(4)]

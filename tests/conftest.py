@@ -1,19 +1,21 @@
-"""Suite-wide setup: a throwaway Airflow home, fake AWS credentials, and no network but loopback."""
+"""Suite-wide setup: fake AWS credentials and no network but loopback.
+
+The throwaway Airflow home (its own SQLite DB and config, unit-test mode, no example DAGs, the
+DAGs folder ``example_dags``) comes from the shipped pytest plugin, as it does in users' suites:
+``-p airflow_ecr_retag.testing.pytest_plugin`` and ``ecr_retag_dags_folder`` in pyproject.toml.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import os
 import socket
-import tempfile
 
 import pytest
 
-_AIRFLOW_HOME = tempfile.mkdtemp(prefix="ecr-retag-airflow-")
-os.environ.setdefault("AIRFLOW_HOME", _AIRFLOW_HOME)
-os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
-os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = os.path.join(os.path.dirname(os.path.dirname(__file__)), "example_dags")
+# A user's project, run from the built wheel by test_user_project.py: never collected here.
+collect_ignore = ["user_project"]
+
 for _name, _value in {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",

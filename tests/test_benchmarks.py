@@ -122,7 +122,7 @@ def test_blob_throughput_benchmark_moves_every_byte(double_env):
         assert outcome["digest_ok"], name
         expected = results["layer_bytes"] if "GET" in name or "URL" in name else 11 * 2**20
         assert outcome["bytes"] == expected, name
-    assert remote.calls()["UploadLayerPart"] == 2  # 11 MiB in 10 MiB parts
+    assert remote.calls["UploadLayerPart"] == 2  # 11 MiB in 10 MiB parts
     assert "| GetDownloadUrlForLayer URL | 2 MiB |" in blob_throughput.report(results)
 
 

@@ -1,11 +1,12 @@
-"""The example DAGs: they import cleanly, and run for real with ``dag.test()`` against the double's server."""
+"""The example DAGs: they import cleanly, and run for real with ``dag.test()`` against the double's server.
+
+They run through the DAG runner users get (``run_dag``, ``airflow_ecr_retag.testing.dag_runner``),
+so the recipe the README gives is the one this suite runs.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,14 +16,6 @@ from airflow_ecr_retag.testing import Vulnerability, build_image
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_dags"
 REPO = "team/app"
-
-
-@pytest.fixture(scope="session")
-def airflow_db():
-    """A migrated SQLite metadata DB in the suite's throwaway AIRFLOW_HOME."""
-    subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"], check=True, env=os.environ, capture_output=True, timeout=600
-    )
 
 
 @pytest.fixture
@@ -46,8 +39,7 @@ PROD, PROD_REGION = "210987654321", "eu-west-1"
 
 
 @pytest.fixture
-def served(ecr_double_server, airflow_db, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", '{"conn_type": "aws"}')
+def served(ecr_double_server, monkeypatch):
     # Scan on push, as a release repository would have it: every image pushed gets a finished, clean scan.
     ecr_double_server.create_repository(REPO, scan_on_push=True)
     # The release DAG copies to production: its own account's credentials (and Region), its repository.
@@ -59,46 +51,29 @@ def served(ecr_double_server, airflow_db, monkeypatch):
     return ecr_double_server
 
 
-def xcom(dag_run, task_id, key="return_value"):
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        row = (
-            session.query(XComModel)
-            .filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id, task_id=task_id, key=key)
-            .one()
-        )
-        return XComModel.deserialize_value(row)
-
-
-def states(dag_run):
-    return {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
-
-
-def test_release_dag_promotes_the_tested_digest(served, dagbag):
+def test_release_dag_promotes_the_tested_digest(served, run_dag):
     index = build_image("oci-index", "release")
     digest = served.push(REPO, index, ["sha-0123abcd"])
     old_prod = served.push(REPO, build_image("oci", "previous"), ["prod", "v1.4.1"])
-    dag_run = dagbag.get_dag("example_ecr_release").test(run_conf={"sha": "0123abcd", "version": "v1.4.2"})
-    assert states(dag_run) == dict.fromkeys(
+    dag_run = run_dag("example_ecr_release", run_conf={"sha": "0123abcd", "version": "v1.4.2"})
+    assert dag_run.states == dict.fromkeys(
         ["wait_for_build", "test_image", "scan_gate", "promote", "deploy", "copy_to_prod"], "success"
     )
-    assert xcom(dag_run, "wait_for_build") == digest
-    gate = xcom(dag_run, "scan_gate")
+    assert dag_run.xcom("wait_for_build") == digest
+    gate = dag_run.xcom("scan_gate")
     assert gate["digest"] == digest and gate["severity_counts"]["CRITICAL"] == gate["severity_counts"]["HIGH"] == 0
     assert [i["digest"] for i in gate["images"]] == [c.digest for c in index.children]
-    assert xcom(dag_run, "promote") == digest
-    promotion = xcom(dag_run, "promote", "promotion")
+    assert dag_run.xcom("promote") == digest
+    promotion = dag_run.xcom("promote", "promotion")
     assert promotion["added"] == ["v1.4.2", "prod"] and promotion["moved"] == {"prod": old_prod}
-    assert xcom(dag_run, "deploy") == f"123456789012.dkr.ecr.us-east-1.amazonaws.com/{REPO}@{digest}"
+    assert dag_run.xcom("deploy") == f"123456789012.dkr.ecr.us-east-1.amazonaws.com/{REPO}@{digest}"
     tags = served.tags(REPO)
     assert tags["v1.4.2"] == tags["prod"] == tags["sha-0123abcd"] == digest
     assert tags["v1.4.1"] == old_prod
     assert {c.digest for c in index.children} <= set(served.images(REPO))
     # The tested digest, copied to the production account with every platform, tagged there.
-    assert xcom(dag_run, "copy_to_prod") == digest
-    copied = xcom(dag_run, "copy_to_prod", "copy")
+    assert dag_run.xcom("copy_to_prod") == digest
+    copied = dag_run.xcom("copy_to_prod", "copy")
     in_prod = {"registry_id": PROD, "region_name": PROD_REGION}
     assert served.tags(REPO, **in_prod) == {"v1.4.2": digest, "prod": digest}
     assert set(served.images(REPO, **in_prod)) == {digest, *(c.digest for c in index.children)}
@@ -113,16 +88,16 @@ def test_release_dag_promotes_the_tested_digest(served, dagbag):
     assert served.blobs_of(REPO, **in_prod) == blobs
 
 
-def test_release_dag_refuses_an_image_re_pushed_after_its_test(served, dagbag):
+def test_release_dag_refuses_an_image_re_pushed_after_its_test(served, run_dag):
     served.push(REPO, build_image("oci", "tested"), ["sha-feed"])
     newer = served.push(REPO, build_image("oci", "sneaky"))
     # Between the test task's read and the promotion, the CI tag is re-pushed.
     served.before_call("BatchGetImage", lambda d: d.move_tag(REPO, "sha-feed", newer), call=3)
-    dag_run = dagbag.get_dag("example_ecr_release").test(run_conf={"sha": "feed", "version": "v2"})
-    assert states(dag_run)["promote"] == "failed"
+    dag_run = run_dag("example_ecr_release", run_conf={"sha": "feed", "version": "v2"})
+    assert dag_run.states["promote"] == "failed"
     assert served.calls["PutImage"] == 0
     assert "v2" not in served.tags(REPO) and "prod" not in served.tags(REPO)
-    assert states(dag_run)["copy_to_prod"] == "upstream_failed"
+    assert dag_run.states["copy_to_prod"] == "upstream_failed"
     assert served.tags(REPO, registry_id=PROD, region_name=PROD_REGION) == {}
 
 
@@ -140,23 +115,21 @@ def seed_release_set(served):
     return previous, candidates
 
 
-def test_release_set_dag_rolls_back_to_exactly_the_previous_digests_when_the_deploy_fails(served, dagbag):
+def test_release_set_dag_rolls_back_to_exactly_the_previous_digests_when_the_deploy_fails(served, run_dag):
     previous, candidates = seed_release_set(served)
     before = {repo: served.tags(repo) for repo in RELEASE_SET}
     images_before = {repo: set(served.images(repo)) for repo in RELEASE_SET}
-    dag_run = dagbag.get_dag("example_ecr_release_set").test(
-        run_conf={"sha": "0123abcd", "version": "v1.4.2", "fail_deploy": True}
-    )
-    assert states(dag_run) == {
+    dag_run = run_dag("example_ecr_release_set", run_conf={"sha": "0123abcd", "version": "v1.4.2", "fail_deploy": True})
+    assert dag_run.states == {
         "release": "success",
         "deploy": "failed",
         "rollback": "success",
         "deploy_failed": "failed",
     }
-    assert xcom(dag_run, "release") == candidates
+    assert dag_run.xcom("release") == candidates
     assert {repo: served.tags(repo) for repo in RELEASE_SET} == before
     assert {repo: set(served.images(repo)) for repo in RELEASE_SET} == images_before
-    report = xcom(dag_run, "rollback", "rollback")
+    report = dag_run.xcom("rollback", "rollback")
     assert {(e["repository_name"], e["tag"], e["digest"]) for e in report["restored"]} == {
         (repo, "prod", previous[repo]) for repo in RELEASE_SET
     }
@@ -164,10 +137,10 @@ def test_release_set_dag_rolls_back_to_exactly_the_previous_digests_when_the_dep
     assert report["left_alone"] == report["failed"] == []
 
 
-def test_release_set_dag_skips_the_rollback_when_the_deploy_succeeds(served, dagbag):
+def test_release_set_dag_skips_the_rollback_when_the_deploy_succeeds(served, run_dag):
     _, candidates = seed_release_set(served)
-    dag_run = dagbag.get_dag("example_ecr_release_set").test(run_conf={"sha": "0123abcd", "version": "v1.4.2"})
-    assert states(dag_run) == {
+    dag_run = run_dag("example_ecr_release_set", run_conf={"sha": "0123abcd", "version": "v1.4.2"})
+    assert dag_run.states == {
         "release": "success",
         "deploy": "success",
         "rollback": "skipped",
@@ -175,13 +148,13 @@ def test_release_set_dag_skips_the_rollback_when_the_deploy_succeeds(served, dag
     }
     for repo in RELEASE_SET:
         assert served.tags(repo)["prod"] == served.tags(repo)["v1.4.2"] == candidates[repo]
-    assert xcom(dag_run, "deploy") == [
+    assert dag_run.xcom("deploy") == [
         f"123456789012.dkr.ecr.us-east-1.amazonaws.com/{repo}@{candidates[repo]}" for repo in RELEASE_SET
     ]
     assert served.calls["PutImage"] == 6 and served.calls["BatchDeleteImage"] == 0
 
 
-def test_release_dag_gate_blocks_an_image_with_a_critical_finding(served, dagbag):
+def test_release_dag_gate_blocks_an_image_with_a_critical_finding(served, run_dag):
     index = build_image("oci-index", "vulnerable")
     digest = served.push(REPO, index, ["sha-bad"])
     old_prod = served.push(REPO, build_image("oci", "previous"), ["prod"])
@@ -189,8 +162,8 @@ def test_release_dag_gate_blocks_an_image_with_a_critical_finding(served, dagbag
     served.add_findings(
         REPO, arm64, [Vulnerability("CVE-2024-3094", "CRITICAL", "xz-utils", "5.6.0", fixed_in="5.6.1", score=10.0)]
     )
-    dag_run = dagbag.get_dag("example_ecr_release").test(run_conf={"sha": "bad", "version": "v9"})
-    assert states(dag_run) == {
+    dag_run = run_dag("example_ecr_release", run_conf={"sha": "bad", "version": "v9"})
+    assert dag_run.states == {
         "wait_for_build": "success",
         "test_image": "success",
         "scan_gate": "failed",
@@ -206,27 +179,27 @@ def test_release_dag_gate_blocks_an_image_with_a_critical_finding(served, dagbag
 
 
 @pytest.mark.timing
-def test_wait_for_prod_dag_defers_until_prod_reaches_the_digest(served, dagbag):
+def test_wait_for_prod_dag_defers_until_prod_reaches_the_digest(served, run_dag):
     expected = served.push(REPO, build_image("oci-index", "expected"))
     served.push(REPO, build_image("oci", "current"), ["prod"])
     # The first check (in the worker) sees the old digest; prod moves while the trigger polls.
     served.before_call("BatchGetImage", lambda d: d.move_tag(REPO, "prod", expected), call=3)
-    dag_run = dagbag.get_dag("example_ecr_wait_for_prod").test(run_conf={"expected_digest": expected})
-    assert states(dag_run) == {"prod_ready": "success", "start_integration_tests": "success"}
-    assert xcom(dag_run, "prod_ready") == expected
+    dag_run = run_dag("example_ecr_wait_for_prod", run_conf={"expected_digest": expected})
+    assert dag_run.states == {"prod_ready": "success", "start_integration_tests": "success"}
+    assert dag_run.xcom("prod_ready") == expected
     assert served.calls["BatchGetImage"] >= 3
 
 
-def test_hygiene_dag_dry_run_then_clean_up(served, dagbag):
+def test_hygiene_dag_dry_run_then_clean_up(served, run_dag):
     now = datetime.now(UTC)
     for i in range(25):
         tags = [f"sha-{i:02d}"] + (["latest"] if i == 24 else []) + ([f"v1.{i}"] if i % 5 == 0 else [])
         served.push(REPO, build_image("oci", f"b{i}"), tags, pushed_at=now - timedelta(hours=25 - i))
     served.push(REPO, build_image("oci", "pr-old"), ["pr-7"], pushed_at=now - timedelta(days=30))
     images_before = set(served.images(REPO))
-    dag_run = dagbag.get_dag("example_ecr_tag_hygiene").test()
-    assert states(dag_run) == {"dry_run": "success", "clean_up": "success"}
-    dry, real = xcom(dag_run, "dry_run"), xcom(dag_run, "clean_up")
+    dag_run = run_dag("example_ecr_tag_hygiene")
+    assert dag_run.states == {"dry_run": "success", "clean_up": "success"}
+    dry, real = dag_run.xcom("dry_run"), dag_run.xcom("clean_up")
     assert dry["dry_run"] is True and real["dry_run"] is False
     assert sorted(r["tag"] for r in dry["removed"]) == sorted(r["tag"] for r in real["removed"])
     tags = served.tags(REPO)
@@ -237,3 +210,20 @@ def test_hygiene_dag_dry_run_then_clean_up(served, dagbag):
     assert {t for t in tags if t.startswith("v1.")} == {f"v1.{i}" for i in range(0, 25, 5)}
     assert tags["pr-7"]  # its image's last tag: kept, not deleted
     assert set(served.images(REPO)) == images_before
+
+
+def test_a_failed_promotion_logs_no_missing_link(served, run_dag, capfd):
+    """The "ECR Image" link exists from the start (the repositories, then the image), so a task
+    that fails before it knows the image logs no ``XCom not found ... key='ecr_image'`` error."""
+    dag_run = run_dag("example_ecr_release", task_ids=["promote"], run_conf={"sha": "missing", "version": "v3"})
+    assert dag_run.states == {"promote": "failed"}
+    assert served.calls["PutImage"] == 0
+    output = "".join(capfd.readouterr())
+    assert "ImageNotFoundError" in output
+    # Only the pull of test_image's digest, a task left out of this run, finds no XCom.
+    missing = [line for line in output.splitlines() if "XCom not found" in line]
+    assert missing and all("key=return_value" in line and "task_id=test_image" in line for line in missing)
+    # Until the image is known, the link shows the registry's repositories (its account is unknown yet).
+    assert dag_run.xcom("promote", "_link_EcrImageLink") == (
+        "https://console.aws.amazon.com/ecr/private-registry/repositories?region=us-east-1"
+    )

@@ -9,7 +9,8 @@ import pytest
 from helpers import AWS, make_context
 
 from airflow_ecr_retag import EcrTagHygieneOperator
-from airflow_ecr_retag.exceptions import HygieneFailedError, InvalidInputError
+from airflow_ecr_retag.exceptions import EcrPermanentError, HygieneFailedError, InvalidInputError
+from airflow_ecr_retag.links import EcrRepositoryLink
 from airflow_ecr_retag.testing import build_image
 
 REPO = "team/app"
@@ -261,3 +262,20 @@ def test_progress_and_summary_are_logged(ecr, capsys):
     out = capsys.readouterr().out
     assert "Read 1 images" in out and "to remove in 1 batches" in out and "Batch 1/1 done" in out
     assert "Tag hygiene of team/app" in out and "tags removed" in out
+
+
+def test_the_repository_link_exists_from_the_start_and_names_the_account_once_known(ecr):
+    push(ecr, "a", ["latest", "v1"])
+    context = make_context()
+    operator = EcrTagHygieneOperator(
+        task_id="hygiene", repository_name="team/missing", rules=[{"tag_pattern": "x"}], **AWS
+    )
+    with pytest.raises(EcrPermanentError, match="RepositoryNotFoundException"):
+        operator.execute(context)
+    assert EcrRepositoryLink().format_link(**context["ti"].xcom["ecr_repository"]) == (
+        "https://console.aws.amazon.com/ecr/private-registry/repositories?region=us-east-1"
+    )
+    _, xcom = run()
+    assert EcrRepositoryLink().format_link(**xcom["ecr_repository"]) == (
+        "https://console.aws.amazon.com/ecr/repositories/private/123456789012/team/app?region=us-east-1"
+    )

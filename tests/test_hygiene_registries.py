@@ -13,6 +13,7 @@ from helpers import AWS, make_context
 from airflow_ecr_retag import EcrTagHygieneOperator, EcrTagSensor
 from airflow_ecr_retag.core import tag_hygiene
 from airflow_ecr_retag.exceptions import HygieneFailedError, RemovalCapExceededError
+from airflow_ecr_retag.links import EcrRepositoryLink
 from airflow_ecr_retag.testing import Fault, build_image
 
 REPO = "team/app"
@@ -253,6 +254,13 @@ def test_a_glob_cleans_every_matching_repository(ecr, team):
     assert report["totals"]["tags_scanned"] == 12 and report["totals"]["kept_count"] == 6
     assert report["repository_name"] == "team/*" and report["registry_id"] == "123456789012"
     assert ecr.calls["DescribeRepositories"] == 1 and xcom["hygiene_report"] == report
+
+
+def test_over_many_repositories_the_link_shows_the_registrys_repositories(ecr, team):
+    _, xcom = run(repository_name="team/*")
+    assert EcrRepositoryLink().format_link(**xcom["ecr_repository"]) == (
+        "https://console.aws.amazon.com/ecr/private-registry/repositories?region=us-east-1"
+    )
 
 
 def test_one_repository_failing_is_reported_while_the_others_run(ecr, team):

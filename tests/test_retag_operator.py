@@ -295,6 +295,29 @@ def test_console_link_is_persisted(ecr):
     )
 
 
+def test_the_link_exists_before_the_work_so_a_failure_leaves_no_link_without_its_xcom(ecr):
+    """The Task Runner renders every extra link after the task; a link with no XCom logs an error."""
+    operator = EcrRetagOperator(task_id="promote", repository_name=REPO, source_tag="sha-9", target_tags="v1", **AWS)
+    context = make_context()
+    with pytest.raises(ImageNotFoundError):
+        operator.execute(context)
+    xcom = context["ti"].xcom
+    assert list(xcom) == ["ecr_image"]  # nothing else: the work never got that far
+    # The caller's account is not known before a call answers: the registry's repositories.
+    assert EcrImageLink().format_link(**xcom["ecr_image"]) == (
+        "https://console.aws.amazon.com/ecr/private-registry/repositories?region=us-east-1"
+    )
+    pinned = EcrRetagOperator(
+        task_id="promote", repository_name=REPO, source_tag="sha-9", target_tags="v1", registry_id="123456789012", **AWS
+    )
+    context = make_context()
+    with pytest.raises(ImageNotFoundError):
+        pinned.execute(context)
+    assert EcrImageLink().format_link(**context["ti"].xcom["ecr_image"]) == (
+        "https://console.aws.amazon.com/ecr/repositories/private/123456789012/team/app?region=us-east-1"
+    )
+
+
 def test_templated_fields_and_lazy_validation():
     operator = EcrRetagOperator(task_id="t", repository_name="{{ params.repo }}", source_tag="BAD TAG", target_tags=[])
     assert {

@@ -10,7 +10,7 @@ from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 
 from airflow_ecr_retag.core.image_copy import CopyRequest, copy_image
 from airflow_ecr_retag.exceptions import fail_fast
-from airflow_ecr_retag.links import EcrImageLink
+from airflow_ecr_retag.links import EcrImageLink, persist_before_the_work
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -135,6 +135,10 @@ class EcrCopyImageOperator(AwsBaseOperator[EcrHook]):
         return self.aws_hook_class(**self._source_hook_parameters)
 
     def execute(self, context: Context) -> str:
+        # The target's repository until the copy knows the image: a failed copy logs no missing link.
+        persist_before_the_work(
+            EcrImageLink, context, self, registry_id=self.registry_id, repository_name=self.repository_name
+        )
         with fail_fast():
             request = CopyRequest.validated(
                 source_repository_name=self.source_repository_name,

@@ -14,7 +14,7 @@ from airflow_ecr_retag.core.tag_hygiene import (
     run_hygiene,
 )
 from airflow_ecr_retag.exceptions import fail_fast
-from airflow_ecr_retag.links import EcrRepositoryLink
+from airflow_ecr_retag.links import EcrRepositoryLink, persist_before_the_work
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -118,6 +118,9 @@ class EcrTagHygieneOperator(AwsBaseOperator[EcrHook]):
         self.max_concurrent_repositories = max_concurrent_repositories
 
     def execute(self, context: Context) -> dict[str, Any]:
+        persist_before_the_work(
+            EcrRepositoryLink, context, self, registry_id=self.registry_id, repository_name=self.repository_name
+        )
         with fail_fast():
             request = HygieneRequest.validated(
                 repository_name=self.repository_name,

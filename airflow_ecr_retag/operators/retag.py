@@ -9,7 +9,7 @@ from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 
 from airflow_ecr_retag.core.promotion import PromotionRequest, promote
 from airflow_ecr_retag.exceptions import fail_fast
-from airflow_ecr_retag.links import EcrImageLink
+from airflow_ecr_retag.links import EcrImageLink, persist_before_the_work
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -80,6 +80,9 @@ class EcrRetagOperator(AwsBaseOperator[EcrHook]):
         self.remove_source_tag = remove_source_tag
 
     def execute(self, context: Context) -> str:
+        persist_before_the_work(
+            EcrImageLink, context, self, registry_id=self.registry_id, repository_name=self.repository_name
+        )
         with fail_fast():
             request = PromotionRequest.validated(
                 repository_name=self.repository_name,

@@ -8,9 +8,12 @@ Needs the ``testing`` extra (``pip install airflow-ecr-retag[testing]``).
 - :func:`build_image` / :func:`push_image`: realistic Docker, OCI and multi-arch images, with
   their blobs; :func:`build_referrer` (OCI 1.1 artifacts) and :func:`write_oci_layout` (for
   ``skopeo copy oci:...``).
-- pytest fixtures ``ecr_double`` and ``ecr_double_server``: add
-  ``pytest_plugins = ["airflow_ecr_retag.testing.pytest_plugin"]`` to your ``conftest.py``.
-- ``python -m airflow_ecr_retag.testing serve``: a server in its own process.
+- :class:`RemoteEcrDouble`: the same API for a double served by another process; :class:`StagedCall`
+  stages another actor there (``before_call``).
+- pytest fixtures ``ecr_double``, ``ecr_double_server`` and ``run_dag`` (a whole DAG with
+  ``dag.test()`` in a throwaway Airflow home: :mod:`~airflow_ecr_retag.testing.dag_runner`): add
+  ``pytest_plugins = ["airflow_ecr_retag.testing.pytest_plugin"]`` to your top-level ``conftest.py``.
+- ``ecr-double serve`` (``python -m airflow_ecr_retag.testing serve``): a server in its own process.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from airflow_ecr_retag.testing.images import (
     push_image,
     write_oci_layout,
 )
+from airflow_ecr_retag.testing.recording import StagedCall
 from airflow_ecr_retag.testing.scan_rules import Vulnerability
 
 __all__ = [
@@ -41,6 +45,7 @@ __all__ = [
     "Fault",
     "RecordedCall",
     "RemoteEcrDouble",
+    "StagedCall",
     "StoredImage",
     "Vulnerability",
     "build_image",

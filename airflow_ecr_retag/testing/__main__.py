@@ -1,4 +1,4 @@
-"""``python -m airflow_ecr_retag.testing serve``: run the ECR double as a local server.
+"""``ecr-double serve`` (or ``python -m airflow_ecr_retag.testing serve``): run the ECR double as a local server.
 
 Prints the endpoint, the default registry's ``/v2/`` address and the environment to reach it,
 then serves until interrupted (Ctrl-C or SIGTERM). ``--endpoint-file`` also writes the endpoint to a file, for scripts.
@@ -14,7 +14,7 @@ import threading
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m airflow_ecr_retag.testing", description=__doc__)
+    parser = argparse.ArgumentParser(prog="ecr-double", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve the ECR double on 127.0.0.1 with a free port")
     serve.add_argument("--region", default="us-east-1")

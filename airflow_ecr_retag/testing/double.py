@@ -13,7 +13,9 @@ The parts, each in its own module of this package:
   ECR's rules and the image operations that apply them;
 - :mod:`~airflow_ecr_retag.testing.moto_install`: patching moto while a double is active;
 - :mod:`~airflow_ecr_retag.testing.recording`: the call counter, request log and faults;
-- :mod:`~airflow_ecr_retag.testing.server`: the HTTP server, its control API, :class:`RemoteEcrDouble`.
+- :mod:`~airflow_ecr_retag.testing.server`: the HTTP server and its control API;
+- :mod:`~airflow_ecr_retag.testing.remote_double`: :class:`RemoteEcrDouble`, the same API for a double
+  served by another process (over :mod:`~airflow_ecr_retag.testing.wire`).
 
 The README's "Testing your own DAGs with the ECR double" lists the ECR behaviours reproduced
 here and where plain moto differs; each has a pinning test in ``tests/test_double.py``.
@@ -50,6 +52,7 @@ from airflow_ecr_retag.testing.scanning import ScanSeeding, scan_on_push
 from airflow_ecr_retag.testing.server import CONTROL_PREFIX, RemoteEcrDouble, serving
 from airflow_ecr_retag.testing.store import StoredImage
 from airflow_ecr_retag.testing.upload_sessions import UploadSessions
+from airflow_ecr_retag.testing.wire import client_environ
 
 # Importable from here as they always were.
 __all__ = [
@@ -171,13 +174,15 @@ class EcrDouble(CallRecording, ScanSeeding):
     def environ(self) -> dict[str, str]:
         """Environment variables that point another process at this double's server."""
         if not self.endpoint_url:
-            raise RuntimeError("the double is not serving: use EcrDouble(server=True)")
-        return {
-            "AWS_ENDPOINT_URL_ECR": self.endpoint_url,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": self.region_name,
-        }
+            raise RuntimeError("the double is not serving: use EcrDouble(server=True) or the ecr_double_server fixture")
+        return client_environ(self.endpoint_url, self.region_name)
+
+    def advance_clock(self, seconds: float) -> float:
+        """Move :attr:`clock` forward by ``seconds`` (scans finish, restores end, blob URLs and
+        registry passwords expire, as if that time had passed); returns the double's time now."""
+        earlier = self.clock
+        self.clock = lambda: earlier() + seconds
+        return self.clock()
 
     # ------------------------------------------------------------------ registries
     def registry(self, registry_id: str | None = None, region_name: str | None = None) -> Registry:
@@ -305,6 +310,7 @@ class EcrDouble(CallRecording, ScanSeeding):
             return {tag: image.digest for tag, image in by_tag.items()}
 
     def set_pushed_at(self, repository_name: str, digest: str, pushed_at: datetime | float, **where: Any) -> None:
+        """Set an image's ``imagePushedAt`` directly (not counted): what hygiene's age rules read."""
         if isinstance(pushed_at, datetime):
             pushed_at = pushed_at.timestamp()
         with self._lock:
@@ -325,6 +331,27 @@ class EcrDouble(CallRecording, ScanSeeding):
         with self._lock:
             images = store.images_of(self._repository(repository_name, **where))
             image_status.set_status(images, images.by_digest[digest], status, self.clock(), self.activation_seconds)
+
+    def seed(self, repository_name: str, images: Iterable[dict[str, Any]], **where: Any) -> list[str]:
+        """Build and push images directly (not counted): each ``{"kind", "name", "tags", "pushed_at",
+        "layers", "layer_bytes"}`` (only ``name`` is required; ``kind`` is ``oci`` and ``layers`` 2 by
+        default), as :func:`~airflow_ecr_retag.testing.images.build_image` and :meth:`push` would.
+        Returns the digests."""
+        return [
+            self.push(
+                repository_name,
+                build_image(
+                    spec.get("kind", "oci"),
+                    spec["name"],
+                    layers=spec.get("layers", 2),
+                    layer_bytes=spec.get("layer_bytes"),
+                ),
+                spec.get("tags", ()),
+                pushed_at=spec.get("pushed_at"),
+                **where,
+            )
+            for spec in images
+        ]
 
     def seed_many(self, repository_name: str, images: Iterable[dict[str, Any]], **where: Any) -> list[str]:
         """Store many small single-platform images directly (not counted), fast enough for a
@@ -369,3 +396,12 @@ class EcrDouble(CallRecording, ScanSeeding):
         with self._lock:
             repository = self._repository(repository_name, **where)
             store.move_tag(repository, store.images_of(repository).by_digest[digest], tag)
+
+    def move_tags(self, repository_name: str, moves: Iterable[dict[str, str]], **where: Any) -> float:
+        """Point tags at digests directly, at once (``[{"tag": "prod", "digest": "sha256:..."}]``), as
+        other actors' pushes would (not counted); returns the double's time (``time.time()``) after the
+        moves, to tell which requests came after them."""
+        with self._lock:
+            for move in moves:
+                self.move_tag(repository_name, move["tag"], move["digest"], **where)
+        return time.time()

@@ -92,6 +92,43 @@ class RecordedCall:
     at: float = 0.0
 
 
+class CallCounter(Counter[str]):
+    """The calls per operation, retries included: a ``Counter`` (``calls["PutImage"]``, ``dict(calls)``).
+
+    Calling it returns it, so ``remote.calls()``, from when :class:`RemoteEcrDouble`'s ``calls`` was
+    a method, still works: ``calls`` reads the same on both front doors.
+    """
+
+    def __call__(self) -> CallCounter:
+        return self
+
+
+class StagedCall:
+    """One call of a double's helper, as data: what another actor does, staged with ``before_call``.
+
+    ``StagedCall("move_tag", "team/app", "sha-1", digest)`` is ``double.move_tag("team/app", "sha-1",
+    digest)`` run later. It works on both front doors: :class:`EcrDouble` calls it like any action,
+    and :class:`RemoteEcrDouble` sends it to the served double, which a Python function cannot
+    cross to. Any helper of the shared API may be staged (seeding and staging, ``inject``, ...);
+    its arguments travel as the remote helpers' do (images, bytes, datetimes, vulnerabilities).
+    """
+
+    def __init__(self, method: str, /, *args: Any, **kwargs: Any):
+        self.method, self.args, self.kwargs = method, args, kwargs
+
+    def __call__(self, double: Any) -> None:
+        getattr(double, self.method)(*self.args, **self.kwargs)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StagedCall):
+            return NotImplemented
+        return (self.method, self.args, self.kwargs) == (other.method, other.args, other.kwargs)
+
+    def __repr__(self) -> str:
+        arguments = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        return f"StagedCall({', '.join([repr(self.method), *arguments])})"
+
+
 @dataclass
 class Injection:
     """A fault or an action waiting for the calls of one operation (or ``"*"``, every operation)."""
@@ -149,7 +186,7 @@ class CallRecording:
     _lock: threading.RLock
 
     def __init__(self) -> None:
-        self.calls: Counter[str] = Counter()
+        self.calls = CallCounter()
         self.requests: list[RecordedCall] = []
         self._injections: list[Injection] = []
 
@@ -185,9 +222,11 @@ class CallRecording:
     def inject(self, operation: str, fault: Fault | str, *, call: int = 1, times: int | None = 1) -> None:
         """Make calls of ``operation`` fail.
 
-        :param operation: the ECR operation name, for example ``"PutImage"``, or ``"*"``.
+        :param operation: the operation name as :attr:`calls` counts it (``"PutImage"``,
+            ``"V2GetManifest"``, ``"LayerDownload"``), or ``"*"`` for every operation.
         :param fault: a :class:`Fault` (or its value).
-        :param call: the first failing call, counted from now (1 = the next one).
+        :param call: the first failing call, counted from now among the calls of ``operation``
+            (1 = the next one).
         :param times: how many calls fail from then on; ``None`` makes every later call fail.
         """
         with self._lock:
@@ -199,7 +238,16 @@ class CallRecording:
         """Run ``action(double)`` just before the Nth call of ``operation`` is served.
 
         This is how tests stage a concurrent actor: a tag moved by someone else between a
-        task's read and its write.
+        task's read and its write. The call is counted first, then the action runs (on the
+        thread serving the call; it may use any helper), then the call is served and sees what
+        the action did. Injections due for one call fire in the order they were made; a fault
+        ends the call there.
+
+        :param operation: as for :meth:`inject`, ``"*"`` included.
+        :param action: any callable taking the double, or a :class:`StagedCall` (which also
+            crosses to a served double through :class:`RemoteEcrDouble`).
+        :param call: the first call it runs before, counted from now (1 = the next one).
+        :param times: how many calls it runs before from then on; ``None``: every later call.
         """
         with self._lock:
             self._injections.append(Injection(operation, action, call, times))

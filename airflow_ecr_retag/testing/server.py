@@ -1,4 +1,4 @@
-"""The double over HTTP: moto's server on 127.0.0.1, the control API, and :class:`RemoteEcrDouble`.
+"""The double over HTTP: moto's server on 127.0.0.1 and the control API that :class:`RemoteEcrDouble` drives.
 
 The server is werkzeug's, run the way werkzeug documents for a server in a thread of one's own
 (``make_server`` then ``serve_forever``), around moto's WSGI application built as moto's own
@@ -7,7 +7,8 @@ it has no way to wrap the application (for the control API and dropped connectio
 choose the request handler (for quiet logging) short of overriding its private ``_server_entry``.
 
 Requests under ``/_ecr_double/`` go to the control API, which lets tests and benchmarks in
-other processes seed and inspect the double; everything else is ECR.
+other processes seed and inspect the double (:mod:`~airflow_ecr_retag.testing.remote_double`,
+over the encoding of :mod:`~airflow_ecr_retag.testing.wire`); everything else is ECR.
 """
 
 from __future__ import annotations
@@ -18,90 +19,48 @@ import json
 import os
 import socket
 import threading
-import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ConnectionClosedError
 
-from airflow_ecr_retag.testing.images import build_image
+from airflow_ecr_retag.testing import wire
+from airflow_ecr_retag.testing.remote_double import RemoteEcrDouble
+from airflow_ecr_retag.testing.wire import CONTROL_PREFIX, SHARED_METHODS, SHARED_PROPERTIES, SHARED_SETTINGS
 
 if TYPE_CHECKING:
     from airflow_ecr_retag.testing.double import EcrDouble
 
-CONTROL_PREFIX = "/_ecr_double/"
+# RemoteEcrDouble lives in remote_double.py; imported from here as it always was.
+__all__ = ["CONTROL_PREFIX", "RemoteEcrDouble", "RunningServer", "dropping_connections", "serving"]
+
 _HOST = "127.0.0.1"
 
 
 # ---------------------------------------------------------------------- control API
-def _calls(double: EcrDouble, body: dict[str, Any]) -> Any:
-    return {"calls": dict(double.calls), "requests": len(double.requests)}
+def _call(double: EcrDouble, body: dict[str, Any]) -> Any:
+    """One helper of the shared API (``wire.SHARED_METHODS``), or a shared attribute's value."""
+    name = body["name"]
+    if name in SHARED_PROPERTIES or name in SHARED_SETTINGS:
+        return {"result": wire.encode(getattr(double, name))}
+    if name not in SHARED_METHODS:
+        raise ValueError(f"{name!r} is not a helper a served double runs for another process")
+    result = getattr(double, name)(*wire.decode(body.get("args", [])), **wire.decode(body.get("kwargs", {})))
+    return {"result": wire.encode(result)}
 
 
-def _reset_calls(double: EcrDouble, body: dict[str, Any]) -> Any:
-    double.reset_calls()
+def _set(double: EcrDouble, body: dict[str, Any]) -> Any:
+    """Set one of ``wire.SHARED_SETTINGS`` (``scan_seconds``, ...)."""
+    if body["name"] not in SHARED_SETTINGS:
+        raise ValueError(f"{body['name']!r} is not a setting of the double")
+    setattr(double, body["name"], wire.decode(body["value"]))
     return {}
-
-
-def _where(body: dict[str, Any]) -> dict[str, Any]:
-    """The registry a control request names: ``registry_id`` and ``region_name``, both optional."""
-    return {key: body[key] for key in ("registry_id", "region_name") if body.get(key)}
-
-
-def _create_repository(double: EcrDouble, body: dict[str, Any]) -> Any:
-    double.create_repository(body["repository"], mutability=body.get("mutability", "MUTABLE"), **_where(body))
-    return {}
-
-
-def _seed(double: EcrDouble, body: dict[str, Any]) -> Any:
-    return {
-        "digests": [
-            double.push(
-                body["repository"],
-                build_image(
-                    i.get("kind", "oci"), i["name"], layers=i.get("layers", 2), layer_bytes=i.get("layer_bytes")
-                ),
-                i.get("tags", []),
-                pushed_at=i.get("pushed_at"),
-                **_where(body),
-            )
-            for i in body["images"]
-        ]
-    }
-
-
-def _seed_many(double: EcrDouble, body: dict[str, Any]) -> Any:
-    return {"digests": double.seed_many(body["repository"], body["images"], **_where(body))}
-
-
-def _move_tags(double: EcrDouble, body: dict[str, Any]) -> Any:
-    for move in body["moves"]:
-        double.move_tag(body["repository"], move["tag"], move["digest"], **_where(body))
-    # The server's clock, so a test in another process can tell which requests came after the move.
-    return {"at": time.time()}
-
-
-def _tags(double: EcrDouble, body: dict[str, Any]) -> Any:
-    return {"tags": double.tags(body["repository"], **_where(body))}
-
-
-def _blobs(double: EcrDouble, body: dict[str, Any]) -> Any:
-    return {"blobs": double.blobs_of(body["repository"], **_where(body))}
-
-
-def _requests(double: EcrDouble, body: dict[str, Any]) -> Any:
-    return {"requests": double.requests_for(body["operation"])}
 
 
 def _registry(double: EcrDouble, body: dict[str, Any]) -> Any:
+    where = {key: body[key] for key in ("registry_id", "region_name") if body.get(key)}
     user, password = double.registry_credentials(region_name=body.get("region_name"))
-    return {"endpoint": double.registry_endpoint(**_where(body)), "user": user, "password": password}
-
-
-def _caller_credentials(double: EcrDouble, body: dict[str, Any]) -> Any:
-    key, secret = double.caller_credentials(registry_id=body["registry_id"])
-    return {"access_key_id": key, "secret_access_key": secret}
+    return {"endpoint": double.registry_endpoint(**where), "user": user, "password": password}
 
 
 def _memory(double: EcrDouble, body: dict[str, Any]) -> Any:
@@ -125,17 +84,9 @@ def _cpu(double: EcrDouble, body: dict[str, Any]) -> Any:
 
 
 _CONTROL_ACTIONS: dict[str, Callable[[EcrDouble, dict[str, Any]], Any]] = {
-    "calls": _calls,
-    "reset-calls": _reset_calls,
-    "create-repository": _create_repository,
-    "seed": _seed,
-    "seed-many": _seed_many,
-    "move-tags": _move_tags,
-    "tags": _tags,
-    "blobs": _blobs,
-    "requests": _requests,
+    "call": _call,
+    "set": _set,
     "registry": _registry,
-    "caller-credentials": _caller_credentials,
     "memory": _memory,
     "cpu": _cpu,
 }
@@ -151,90 +102,19 @@ def _control(double: EcrDouble, environ: dict, start_response: Any) -> list[byte
         return _json_response(start_response, "404 Not Found", {"error": f"unknown action {action!r}"})
     try:
         result = perform(double, body)
-    except Exception as error:  # reported to the caller, who is a test
-        return _json_response(start_response, "400 Bad Request", {"error": f"{type(error).__name__}: {error}"})
+    except Exception as error:  # reported to the caller, who is a test: RemoteEcrDouble raises it again
+        try:
+            arguments = wire.encode(list(error.args))
+        except TypeError:  # arguments JSON cannot carry: the message alone
+            arguments = [str(error)]
+        answer = {"error": str(error), "type": type(error).__name__, "args": arguments}
+        return _json_response(start_response, "400 Bad Request", answer)
     return _json_response(start_response, "200 OK", result)
 
 
 def _json_response(start_response: Any, status: str, document: Any) -> list[bytes]:
     start_response(status, [("Content-Type", "application/json")])
     return [json.dumps(document).encode()]
-
-
-class RemoteEcrDouble:
-    """Drive a double served by another process (``python -m airflow_ecr_retag.testing serve``).
-
-    :param endpoint_url: the server's endpoint, as printed by ``serve``.
-    """
-
-    def __init__(self, endpoint_url: str):
-        self.endpoint_url = endpoint_url.rstrip("/")
-
-    def _post(self, action: str, **body: Any) -> Any:
-        import urllib.request
-
-        request = urllib.request.Request(
-            f"{self.endpoint_url}{CONTROL_PREFIX}{action}",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=600) as response:
-            return json.loads(response.read())
-
-    def calls(self) -> Counter[str]:
-        return Counter(self._post("calls")["calls"])
-
-    def reset_calls(self) -> None:
-        self._post("reset-calls")
-
-    def create_repository(self, repository: str, mutability: str = "MUTABLE", **where: str) -> None:
-        """``where``: ``registry_id`` and ``region_name``, as on :class:`EcrDouble`'s helpers."""
-        self._post("create-repository", repository=repository, mutability=mutability, **where)
-
-    def seed(self, repository: str, images: list[dict[str, Any]], **where: str) -> list[str]:
-        """Push images directly (not counted): each
-        ``{"kind", "name", "tags", "pushed_at", "layers", "layer_bytes"}``."""
-        return self._post("seed", repository=repository, images=images, **where)["digests"]
-
-    def seed_many(self, repository: str, images: list[dict[str, Any]], **where: str) -> list[str]:
-        """Store many small images fast (not counted), as :meth:`EcrDouble.seed_many`: each
-        ``{"name", "tags", "pushed_at", "last_pulled", "status"}``."""
-        return self._post("seed-many", repository=repository, images=images, **where)["digests"]
-
-    def move_tags(self, repository: str, moves: list[dict[str, str]], **where: str) -> float:
-        """Point tags at digests directly, as other actors' pushes would; returns the server's time."""
-        return self._post("move-tags", repository=repository, moves=moves, **where)["at"]
-
-    def tags(self, repository: str, **where: str) -> dict[str, str]:
-        return self._post("tags", repository=repository, **where)["tags"]
-
-    def blobs_of(self, repository: str, **where: str) -> dict[str, int]:
-        """The blobs a repository has, digest -> size."""
-        return self._post("blobs", repository=repository, **where)["blobs"]
-
-    def requests_for(self, operation: str) -> list[dict[str, Any]]:
-        """The parameters of every call of ``operation`` since the last reset, as the double logged them."""
-        return self._post("requests", operation=operation)["requests"]
-
-    def memory(self, *, reset_peak: bool = False) -> dict[str, int | None]:
-        """The server's resident memory (``rss``) and its peak (``peak``), in bytes."""
-        return self._post("memory", reset_peak=reset_peak)
-
-    def cpu_seconds(self) -> float:
-        """The CPU time the server process has used so far, in seconds."""
-        return self._post("cpu")["seconds"]
-
-    def registry(self, **where: str) -> tuple[str, str, str]:
-        """A registry's ``/v2/`` endpoint, user and password (``where``: ``registry_id``, ``region_name``)."""
-        answer = self._post("registry", **where)
-        return answer["endpoint"], answer["user"], answer["password"]
-
-    def caller_credentials(self, *, registry_id: str) -> tuple[str, str]:
-        """An access key id and secret that call as ``registry_id``'s own account (see
-        :meth:`EcrDouble.caller_credentials <airflow_ecr_retag.testing.double.EcrDouble.caller_credentials>`)."""
-        answer = self._post("caller-credentials", registry_id=registry_id)
-        return answer["access_key_id"], answer["secret_access_key"]
 
 
 # ---------------------------------------------------------------------- the server
