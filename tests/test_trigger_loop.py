@@ -14,31 +14,21 @@ import threading
 import time
 
 import pytest
-from helpers import PollRecorder
+from helpers import PollRecorder, first_event, tag_trigger
 
 from airflow_ecr_retag.core import tag_poller
 from airflow_ecr_retag.core.tag_poller import loop_state
 from airflow_ecr_retag.testing import build_image
 from airflow_ecr_retag.triggers.tag import EcrTagTrigger
 
+# Sleeps, measures time or races threads: proven under load by scripts/prove_timing.py.
+pytestmark = pytest.mark.timing
+
 REPO = "team/many"
 
 
 def trigger(tag, **kwargs):
-    params = {
-        "repository_name": REPO,
-        "tag": tag,
-        "poke_interval": 0.5,
-        "timeout_at": time.time() + 60,
-        "aws_conn_id": None,
-        "region_name": "us-east-1",
-    }
-    return EcrTagTrigger(**{**params, **kwargs})
-
-
-async def first_event(t):
-    async for event in t.run():
-        return event.payload
+    return tag_trigger(REPO, tag, **kwargs)
 
 
 class TurnCounter:
@@ -181,7 +171,6 @@ def test_a_client_that_cannot_be_made_errors_its_waiters_and_the_next_trigger_tr
     assert retried == {"status": "success", "digest": digest, "tag": "later", "repository_name": REPO}
 
 
-@pytest.mark.timing
 def test_triggers_joining_over_time_share_the_next_round_instead_of_polling_alone(served, monkeypatch):
     recorder = PollRecorder(monkeypatch)
     interval = 1.0
