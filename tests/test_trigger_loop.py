@@ -113,6 +113,40 @@ def test_full_requests_and_answers_each_get_a_turn_of_their_own(served, monkeypa
     assert len({turn for turn, _ in first_round}) == 10, first_round
 
 
+def test_work_released_from_the_budget_queue_has_its_turn_to_itself():
+    # The 1-in-30 failure of the test above under load: a response arrived in the turn a released
+    # request was built in, right after the budget had reset, and was parsed in that same turn.
+    log = []
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        budget = tag_poller._TurnBudget(tag_poller.WORK_PER_TURN)
+        late = []
+
+        async def piece(name, then=None):
+            await budget.take(tag_poller.WORK_PER_TURN)
+            log.append(name)
+            # Runs in the turn after this piece's: whatever is logged before it shared that turn.
+            loop.call_soon(log.append, f"turn after {name}")
+            if then:
+                loop.call_soon(then)
+
+        def start_late():
+            # Runs in the turn in which the budget releases "queued", so the task's first step
+            # comes in the turn "queued" runs in.
+            late.append(asyncio.ensure_future(piece("late")))
+
+        first = asyncio.ensure_future(piece("first", then=start_late))
+        queued = asyncio.ensure_future(piece("queued"))  # asks in the turn "first" spent: waits
+        await asyncio.gather(first, queued)
+        while not late or not late[0].done():
+            await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert log.index("queued") > log.index("turn after first"), log
+    assert log.index("late") > log.index("turn after queued"), log
+
+
 def test_the_shared_client_is_built_off_the_loop_with_one_hook_per_client(served, monkeypatch):
     from aiobotocore.session import ClientCreatorContext
 

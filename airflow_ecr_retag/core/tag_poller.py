@@ -100,6 +100,11 @@ class _TurnBudget:
     runs without a break. Work over the budget waits, in order, for a later turn. (Work taken
     in a turn before the previous turn's reset ran counts against that turn, so a turn may
     run up to twice the budget in small pieces; two full pieces never share a turn.)
+
+    Work taken at once runs in the turn that takes it, and the budget resets in the next one.
+    Work released from the queue runs a turn later than its release, when its task wakes: the
+    budget is reserved for it until then and resets in the turn after that, so work asking in
+    the turn the released work runs in waits too.
     """
 
     def __init__(self, per_turn: int):
@@ -128,11 +133,19 @@ class _TurnBudget:
     def _next_turn(self) -> None:
         self._turn_ending = False
         self._used = 0
+        released = False
         while self._queue and self._fits(self._queue[0][0]):
             units, turn = self._queue.popleft()
             if not turn.done():
                 turn.set_result(None)
-                self._spend(units)
+                self._used += units
+                released = True
+        if released:
+            # The released work runs in the next turn (its task's wake-up is scheduled now), so
+            # the reset comes in the turn after that one.
+            self._turn_ending = True
+            loop = asyncio.get_running_loop()
+            loop.call_soon(loop.call_soon, self._next_turn)
 
 
 class _SharedClient:
