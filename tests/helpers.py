@@ -24,6 +24,21 @@ def make_context() -> dict[str, Any]:
 AWS = {"aws_conn_id": None, "region_name": "us-east-1"}
 
 
+def tag_trigger(repository_name: str, tag: str, **overrides: Any) -> Any:
+    """An EcrTagTrigger for the double's server: a 0.5 s interval, a minute to time out, no connection."""
+    from airflow_ecr_retag.triggers.tag import EcrTagTrigger
+
+    params = {"poke_interval": 0.5, "timeout_at": time.time() + 60, **AWS}
+    return EcrTagTrigger(**{**params, "repository_name": repository_name, "tag": tag, **overrides})
+
+
+async def first_event(trigger: Any) -> dict[str, Any]:
+    """Run ``trigger`` to its first event; its payload."""
+    async for event in trigger.run():
+        return event.payload
+    raise AssertionError("the trigger ended without an event")
+
+
 @dataclass
 class PollEvent:
     """What a repository poller did, on its own monotonic clock: ``start``/``end`` of a poll, or ``leave``."""

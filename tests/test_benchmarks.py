@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
-from benchmarks import blob_throughput, cross_account_copy, hygiene, parse_cost, promotion, waiting
-from benchmarks.common import served_double
+from benchmarks import blob_throughput, cross_account_copy, hygiene, parse_cost, promotion, run, waiting
+from benchmarks.common import ROOT, served_double
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +105,46 @@ def test_waiting_benchmark_outcomes(double_env):
     shared = next(r for r in results if r["design"].startswith("shared"))
     assert shared["planned_calls_per_interval"] == 6  # 6 repositories, one wait each
     assert "push -> last wait fired" in waiting.report(results)
+
+
+@pytest.mark.timing
+def test_loop_benchmark_outcomes(double_env):
+    endpoint, _ = double_env
+    results = waiting.run_loop(endpoint, cases=((8, 2, False), (8, 1, True)), interval=0.5, waiting_intervals=2)
+    for r in results:
+        assert r["fired"] == 8 and r["not_fired"] == 0 and r["fired_before_push"] == 0
+        assert set(r["stall_max"]) == set(r["stall_max_without_full_collection"]) == set(waiting.PHASES)
+        assert all(r["stall_max"][phase] is not None for phase in waiting.PHASES)  # the probe woke in each phase
+    assert [r["planned_calls_per_interval"] for r in results] == [2, 1]  # 4 waits on each of 2 repos; 8 on 1
+    assert [r["frozen_heap"] for r in results] == [False, True]
+    assert {r["package"] for r in results} == {str(ROOT / "airflow_ecr_retag")}
+    assert "leaving out stalls with a full collection" in waiting.report_loop(results)
+
+
+@pytest.mark.timing
+def test_loop_benchmark_runs_an_earlier_revision_with_this_harness(double_env):
+    endpoint, _ = double_env
+    with waiting.revision_tree("HEAD") as (root, commit):
+        assert (Path(root) / "benchmarks" / "waiting.py").read_text() == Path(waiting.__file__).read_text()
+        [result] = waiting.run_loop(
+            endpoint, cases=((4, 1, False),), interval=0.5, waiting_intervals=1, package_root=root
+        )
+    assert len(commit) == 40
+    assert result["package"] == str(Path(root) / "airflow_ecr_retag")  # that tree's package, not the installed one
+    assert result["fired"] == 4 and result["fired_before_push"] == 0
+
+
+def test_a_section_run_alone_keeps_the_whole_runs_date_and_says_when_it_ran():
+    whole = run.stamped(None, None)
+    assert whole["only"] == {}
+    alone = run.stamped({**whole, "date": "2026-01-01 00:00 UTC"}, ["waiting-loop"])
+    assert alone["date"] == "2026-01-01 00:00 UTC" and set(alone["only"]) == {"waiting-loop"}
+    header = run.provenance(alone)
+    assert header.startswith("Produced by `make bench` (`python -m benchmarks.run`) on 2026-01-01 00:00 UTC.")
+    assert (
+        f"Section `waiting-loop` re-run alone (`--only waiting-loop`) on {alone['only']['waiting-loop']['date']}"
+        in (header)
+    )
 
 
 def test_parse_cost_benchmark_runs():

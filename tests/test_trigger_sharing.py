@@ -8,11 +8,10 @@ import json
 import time
 
 import pytest
-from helpers import PollRecorder
+from helpers import PollRecorder, first_event, tag_trigger
 
 from airflow_ecr_retag.core.tag_poller import loop_state
 from airflow_ecr_retag.testing import build_image
-from airflow_ecr_retag.triggers.tag import EcrTagTrigger
 
 # Sleeps, measures time or races threads: proven under load by scripts/prove_timing.py.
 pytestmark = pytest.mark.timing
@@ -21,20 +20,7 @@ INTERVAL = 0.5
 
 
 def trigger(repository, tag, **kwargs):
-    params = {
-        "repository_name": repository,
-        "tag": tag,
-        "poke_interval": INTERVAL,
-        "timeout_at": time.time() + 60,
-        "aws_conn_id": None,
-        "region_name": "us-east-1",
-    }
-    return EcrTagTrigger(**{**params, **kwargs})
-
-
-async def first_event(t):
-    async for event in t.run():
-        return event.payload
+    return tag_trigger(repository, tag, **{"poke_interval": INTERVAL, **kwargs})
 
 
 async def until(condition, limit=30.0):
