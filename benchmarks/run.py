@@ -127,9 +127,14 @@ def main() -> int:
             sections["waiting"] = waiting.run(endpoint, sizes=sizes["waits"])
         if "waiting-loop" in wanted:
             print("waiting: the event loop ...", flush=True)
-            before = (sections.get("waiting-loop") or {}).get("before")
+            last = sections.get("waiting-loop")
             sections["waiting-loop"] = waiting.run_loop_section(
-                endpoint, sizes["loop"], sizes["loop_runs"], before_revision=args.loop_before, before=before
+                endpoint,
+                sizes["loop"],
+                sizes["loop_runs"],
+                before_revision=args.loop_before,
+                before=(last or {}).get("before"),
+                earlier=last,
             )
         if "blobs" in wanted:
             print("blob throughput ...", flush=True)
@@ -186,6 +191,7 @@ def render(sections: dict) -> str:
         waiting_loop=waiting.report_loop(loop["cases"]),
         waiting_loop_notes=waiting.notes_loop(loop["cases"]),
         waiting_loop_before=waiting.report_before(loop),
+        waiting_loop_earlier=waiting.report_earlier(loop),
         parse=parse_cost.report(sections["parse"]),
         blobs=blob_throughput.report(sections["blobs"]) if "blobs" in sections else "(not run)",
         copy=cross_account_copy.report(sections["copy"]) if "copy" in sections else "(not run)",
@@ -322,6 +328,11 @@ waits start.
 
 Notes:
 {waiting_loop_notes}
+- The run of this section before this one (the machine is shared: a re-run at another load
+  does not hide what it replaces):
+
+{waiting_loop_earlier}
+
 - Before issue 19, the same harness on the shared poller as it was (`--loop-before`):
 
 {waiting_loop_before}

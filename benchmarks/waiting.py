@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import gc
 import importlib
 import io
@@ -425,10 +426,16 @@ def run_loop_section(
     runs: int = LOOP_RUNS,
     before_revision: str | None = None,
     before: dict | None = None,
+    earlier: dict | None = None,
 ) -> dict:
     """The event-loop section: the baseline collection, every case ``runs`` times, and (with ``before_revision``)
-    that revision's figures from the same harness, once each; without it, ``before`` (the last run's) is kept."""
-    section = {"uptime": [uptime()], "baseline": run_child({}, endpoint, mode="baseline"), "cases": []}
+    that revision's figures from the same harness, once each; without it, ``before`` (the last run's) is kept.
+
+    ``earlier``, the last run's section, is kept beside (its own earlier and before dropped): the
+    machine is shared, and a re-run at another load must not hide the figures it replaces.
+    """
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    section = {"date": date, "uptime": [uptime()], "baseline": run_child({}, endpoint, mode="baseline"), "cases": []}
     for number in range(1, runs + 1):
         section["cases"] += [{**result, "run": number} for result in run_loop(endpoint, cases)]
     section["cases"].sort(key=lambda r: (r["waits"], -r["repositories"], r["frozen_heap"], r["run"]))
@@ -438,6 +445,7 @@ def run_loop_section(
             before = {"commit": commit, "cases": run_loop(endpoint, before_cases, package_root=root)}
     section["uptime"].append(uptime())
     section["before"] = before
+    section["earlier"] = {k: v for k, v in earlier.items() if k not in ("earlier", "before")} if earlier else None
     return section
 
 
@@ -498,7 +506,10 @@ def _ms(seconds: float) -> str:
 
 def report_loop(results: list[dict]) -> str:
     """Two tables: how long the loop was blocked in each phase, and what the waits cost."""
+    return stall_table(results) + "\n\n" + cost_table(results)
 
+
+def stall_table(results: list[dict]) -> str:
     def per_phase(values: dict) -> str:
         return " / ".join(_ms(values[p] or 0.0) for p in PHASES)
 
@@ -511,7 +522,7 @@ def report_loop(results: list[dict]) -> str:
             for p in PHASES
         )
 
-    stalls = table(
+    return table(
         [
             "waits",
             "longest stall, ms: start / waiting / firing",
@@ -534,7 +545,10 @@ def report_loop(results: list[dict]) -> str:
             for r in results
         ],
     )
-    costs = table(
+
+
+def cost_table(results: list[dict]) -> str:
+    return table(
         [
             "waits",
             "resident memory per wait",
@@ -559,7 +573,6 @@ def report_loop(results: list[dict]) -> str:
             for r in results
         ],
     )
-    return stalls + "\n\n" + costs
 
 
 def conditions_loop(section: dict) -> str:
@@ -567,9 +580,10 @@ def conditions_loop(section: dict) -> str:
     if baseline is None:
         return "(not run)"
     wall, cpu = baseline["full_collection"]
+    when = f"Measured {section['date']}. " if section.get("date") else ""
     return "\n".join(
         [
-            f"`uptime` when the section started and ended: `{section['uptime'][0]}`; `{section['uptime'][-1]}`."
+            f"{when}`uptime` when the section started and ended: `{section['uptime'][0]}`; `{section['uptime'][-1]}`."
             " Each case's load averages are in its row (1-minute load when it started -> when it ended); two of the"
             " load's units are the benchmark itself (the loop process and the double's server).",
             f"A full collection of the warmed-up process before any wait starts ({baseline['objects']:,} tracked"
@@ -630,6 +644,14 @@ def notes_loop(results: list[dict]) -> str:
             f" (plan {r['planned_calls_per_interval']})."
         )
     return "\n".join(lines)
+
+
+def report_earlier(section: dict) -> str:
+    """The last run of this section before this one: its conditions, stalls and verdicts."""
+    earlier = section.get("earlier")
+    if not earlier:
+        return "(none kept)"
+    return "\n\n".join([conditions_loop(earlier), stall_table(earlier["cases"]), notes_loop(earlier["cases"])])
 
 
 def report_before(section: dict) -> str:
