@@ -17,7 +17,7 @@ from airflow_ecr_retag.core.errors import EcrPermanentError
 PERMANENT_FAILURE_CODES = frozenset({"InvalidImageTag", "InvalidImageDigest", "MissingDigestAndTag"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TagWait:
     """A validated wait: ``tag`` in ``repository_name``, optionally at ``expected_digest``."""
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +9,7 @@ from airflow.providers.amazon.aws.hooks.ecr import EcrHook
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_ecr_retag.core.errors import error_code
-from airflow_ecr_retag.core.tag_poller import ClientKey, joined, shared_client
+from airflow_ecr_retag.core.tag_poller import ClientKey, Waiter, joined
 from airflow_ecr_retag.core.tag_wait import TagWait
 
 
@@ -94,22 +92,20 @@ class EcrTagTrigger(BaseTrigger):
             aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify, config=self.botocore_config
         )
 
+    async def _connect(self) -> Any:
+        # Called only by the first trigger of a ClientKey in this triggerer: one hook (and one
+        # connection lookup, in get_async_conn's worker thread) per shared client, not per trigger.
+        return await self.hook().get_async_conn()
+
+    def _client_key(self) -> ClientKey:
+        return ClientKey.of(self.aws_conn_id, self.region_name, self.verify, self.botocore_config)
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        wait = self.wait
-        key = ClientKey.of(self.aws_conn_id, self.region_name, self.verify, self.botocore_config)
+        # What a waiting trigger holds, 10,000 of them at once: this frame, one waiter, one future.
+        waiter = Waiter(self.wait, self.poke_interval, timeout_at=self.timeout_at)
         try:
-            async with (
-                shared_client(key, self.hook().get_async_conn) as client,
-                joined(key, client, wait, self.poke_interval) as waiter,
-            ):
-                remaining = None if self.timeout_at is None else max(0.0, self.timeout_at - time.time())
-                try:
-                    event = await asyncio.wait_for(asyncio.shield(waiter.outcome), remaining)
-                except TimeoutError:
-                    event = {
-                        "status": "timeout",
-                        "message": f"tag {self.tag!r} in {self.repository_name} did not appear in time",
-                    }
+            async with joined(self._client_key(), self._connect, waiter):
+                event = await waiter.outcome
         except Exception as error:
             event = {"status": "error", "code": error_code(error) or type(error).__name__, "message": str(error)}
         if event["status"] == "success":
