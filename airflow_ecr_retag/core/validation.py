@@ -154,6 +154,45 @@ def patterns(value: Any, field: str) -> list[str]:
     return list(items)
 
 
+#: A tag glob: the characters of tags and the shell wildcards ``* ? [ ] !``.
+TAG_GLOB_RE = re.compile(r"[a-zA-Z0-9._*?\[\]!-]+")
+
+
+def watched_tags(value: Any, field: str = "tags") -> list[str]:
+    """Tag names or globs to watch: a non-empty list, each a valid tag or a glob of tag characters, no repeats."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise InvalidInputError(field, "must be a list of tag names or globs", value)
+    if not items:
+        raise InvalidInputError(field, "must name at least one tag or glob", value)
+    checked = []
+    for i, item in enumerate(items):
+        where = f"{field}[{i}]"
+        if isinstance(item, str) and is_glob(item):
+            item = _text(where, item)
+            if len(item) > MAX_TAG_CHARS or not TAG_GLOB_RE.fullmatch(item):
+                raise InvalidInputError(
+                    where,
+                    "must be a tag or a glob of tag characters (ASCII letters, digits, '_', '.', '-') and the "
+                    f"wildcards '*', '?', '[...]', at most {MAX_TAG_CHARS} characters",
+                    item,
+                )
+            checked.append(item)
+        else:
+            checked.append(tag(item, where))
+    repeats = sorted({t for t in checked if checked.count(t) > 1})
+    if repeats:
+        raise InvalidInputError(field, f"must not repeat a tag or glob: {', '.join(repeats)}", value)
+    return checked
+
+
+def positive_seconds(value: Any, field: str) -> float:
+    """A number of seconds greater than zero (an interval)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise InvalidInputError(field, "must be a number of seconds greater than 0", value)
+    return float(value)
+
+
 #: The keys of an ``images`` entry of a release.
 RELEASE_IMAGE_KEYS = ("repository_name", "source_tag", "source_digest")
 
@@ -341,7 +380,7 @@ GLOB_CHARACTERS = frozenset("*?[")
 
 
 def is_glob(value: str) -> bool:
-    """Whether a repository name is a glob (no repository name has a wildcard)."""
+    """Whether a repository name or a tag is a glob (no repository name or tag has a wildcard)."""
     return any(c in GLOB_CHARACTERS for c in value)
 
 
