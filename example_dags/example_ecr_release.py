@@ -9,6 +9,11 @@ CRITICAL or HIGH one: then nothing is promoted. ``EcrRetagOperator`` adds the ve
 ``sha-<commit>`` in between, nothing is written and the task fails. The deploy task uses the
 ``image_uri`` by digest from the ``promotion`` XCom, never a mutable tag.
 
+The promotion declares the asset ``ecr://team/app:prod`` (``ecr_image_asset``) in its
+``outlets``: its asset event carries the promoted ``digest``, ``image_uri``, ``tags`` and
+``moved``, and starts ``example_ecr_roll_out``, which is scheduled on that asset. Outlets are
+fixed when the DAG is parsed: they name the default repository's ``prod``.
+
 Trigger with ``{"sha": "...", "version": "v1.4.2"}``. Against real AWS, set the
 ``aws_default`` connection (or the usual AWS environment) and ``repository``.
 """
@@ -16,9 +21,9 @@ Trigger with ``{"sha": "...", "version": "v1.4.2"}``. Against real AWS, set the
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, Asset, Param, task
 
-from airflow_ecr_retag import EcrImageScanSensor, EcrRetagOperator, EcrTagSensor
+from airflow_ecr_retag import EcrImageScanSensor, EcrRetagOperator, EcrTagSensor, ecr_image_asset
 
 with DAG(
     dag_id="example_ecr_release",
@@ -81,6 +86,7 @@ with DAG(
         source_tag="sha-{{ params.sha }}",
         source_digest=tested_digest,
         target_tags=["{{ params.version }}", "prod"],
+        outlets=[Asset(ecr_image_asset("team/app", "prod"))],
     )
 
     @task

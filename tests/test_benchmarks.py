@@ -124,3 +124,15 @@ def test_blob_throughput_benchmark_moves_every_byte(double_env):
         assert outcome["bytes"] == expected, name
     assert remote.calls()["UploadLayerPart"] == 2  # 11 MiB in 10 MiB parts
     assert "| GetDownloadUrlForLayer URL | 2 MiB |" in blob_throughput.report(results)
+
+
+def test_watching_benchmark_announces_every_move(double_env):
+    from benchmarks import watching
+
+    endpoint, _ = double_env
+    case = next(c for c in watching.CASES if c["watchers"] == 1 and not c.get("glob") and not c.get("cold"))
+    [result] = watching.run(endpoint, repeats=1, cases=[{**case, "quiet_intervals": 1}])
+    [sample] = result["samples"]
+    assert sample["events"] == 1
+    assert sample["quiet_calls"].get("DescribeImages") == 1  # the push time of the one digest, read once
+    assert set(sample["stall"]) == {"start-up", "polling", "change"}

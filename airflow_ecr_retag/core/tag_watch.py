@@ -29,11 +29,13 @@ has no task to fail and must not stop watching because a repository is created l
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fnmatch
 import functools
 import logging
 import re
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +44,15 @@ from airflow_ecr_retag.core import ecr, validation
 from airflow_ecr_retag.core.errors import EcrPermanentError, is_permanent
 from airflow_ecr_retag.core.limits import MAX_IMAGE_IDS
 from airflow_ecr_retag.core.promotion import image_uri
-from airflow_ecr_retag.core.tag_poller import MAX_BACKOFF_SECONDS, ClientKey, Waiter, joined, shared_client
+from airflow_ecr_retag.core.tag_poller import (
+    JOIN_GATHER_SECONDS,
+    MAX_BACKOFF_SECONDS,
+    ClientKey,
+    Waiter,
+    joined,
+    loop_state,
+    shared_client,
+)
 from airflow_ecr_retag.core.tag_wait import TagWait, evaluate
 
 #: The asset state store key of an entry's memory is this prefix, the registry, repository and entry.
@@ -51,6 +61,8 @@ MEMORY_KEY_PREFIX = "airflow_ecr_retag.tags:"
 #: in the event loop: 100 ImageDetails is a few milliseconds, 1,000 tens of milliseconds (a loop
 #: stall of its own), so a listing takes ten calls per 1,000 images, never one long parse.
 LISTING_PAGE_SIZE = 100
+#: Push-time details kept per event loop (a few hundred bytes each), shared by its watchers.
+PUSH_TIMES_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +223,67 @@ class _Sighting(Waiter):
         self._reported = self
 
 
+class _PushTimes:
+    """The details (push time, registry) of digests, read for every watcher of a repository at once.
+
+    A tag moved for 100 watchers of one repository is 100 sightings in one poll round, handed over
+    over a few turns of the loop: the first request of a repository waits :data:`JOIN_GATHER_SECONDS`
+    for the others, then one DescribeImages (per 100 digests) answers them all. The details of the
+    :data:`PUSH_TIMES_KEPT` digests read last are kept, so a watcher that starts later reads none again.
+    """
+
+    def __init__(self) -> None:
+        self.known: collections.OrderedDict[tuple[Any, str | None, str, str], dict[str, Any]] = (
+            collections.OrderedDict()
+        )
+        self._pending: dict[tuple[Any, str | None, str], tuple[set[str], asyncio.Future]] = {}
+
+    async def read(self, client: Any, watch: TagWatch, digests: set[str]) -> dict[str, dict[str, Any]]:
+        where = (client, watch.registry_id, watch.repository_name)
+        missing = {d for d in digests if (*where, d) not in self.known}
+        while missing:
+            batch = self._pending.get(where)
+            if batch is None:
+                batch = self._pending[where] = (set(), asyncio.get_running_loop().create_future())
+                asyncio.get_running_loop().create_task(self._describe(where, watch), name="ecr-tag-push-times")
+            batch[0].update(missing)
+            await asyncio.shield(batch[1])
+            # A digest ECR could not describe (the image went) stays missing: judged at the next poll.
+            missing = {d for d in missing if (*where, d) not in self.known and d not in batch[0]}
+        return {d: self.known[(*where, d)] for d in digests if (*where, d) in self.known}
+
+    async def _describe(self, where: tuple[Any, str | None, str], watch: TagWatch) -> None:
+        await asyncio.sleep(JOIN_GATHER_SECONDS)
+        digests, done = self._pending.pop(where)
+        client = where[0]
+        try:
+            ordered = sorted(digests)
+            for start in range(0, len(ordered), MAX_IMAGE_IDS):
+                batch = ordered[start : start + MAX_IMAGE_IDS]
+                await loop_state().work.take(len(batch))
+                details = await ecr.describe_images_async(client, watch.repository_name, batch, watch.registry_id)
+                for digest, detail in details.items():
+                    self.known[(*where, digest)] = detail
+                    digests.discard(digest)
+                while len(self.known) > PUSH_TIMES_KEPT:
+                    self.known.popitem(last=False)
+        except Exception as error:
+            done.set_exception(error)
+            done.exception()  # retrieved: each reader gets it through its own await
+            return
+        done.set_result(None)
+
+
+_push_times: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _PushTimes] = weakref.WeakKeyDictionary()
+
+
+def push_times() -> _PushTimes:
+    loop = asyncio.get_running_loop()
+    if loop not in _push_times:
+        _push_times[loop] = _PushTimes()
+    return _push_times[loop]
+
+
 async def _polled(
     watch: TagWatch, poke_interval: float, key: ClientKey, connect: Callable[[], Awaitable[Any]]
 ) -> AsyncIterator[Observation]:
@@ -219,7 +292,6 @@ async def _polled(
         name: _Sighting(TagWait(watch.repository_name, name, None, watch.registry_id), poke_interval, sightings)
         for name in watch.names
     }
-    known: dict[str, TagRecord] = {}  # digest -> record, for the digests the watched tags point at
     async with shared_client(key, connect) as client, contextlib.AsyncExitStack() as members:
         for waiter in waiters.values():
             await members.enter_async_context(joined(key, connect, waiter))
@@ -231,37 +303,18 @@ async def _polled(
             for sighting in batch:
                 if sighting["status"] == "error":
                     raise EcrPermanentError(sighting["code"], sighting["message"])
-            new = sorted({s["digest"] for s in batch if s["digest"] and s["digest"] not in known})
-            details: dict[str, dict[str, Any]] = {}
-            for start in range(0, len(new), MAX_IMAGE_IDS):
-                details.update(
-                    await ecr.describe_images_async(
-                        client, watch.repository_name, new[start : start + MAX_IMAGE_IDS], watch.registry_id
-                    )
-                )
+            details = await push_times().read(client, watch, {s["digest"] for s in batch if s["digest"]})
             seen: dict[str, dict[str, TagRecord]] = {}
             for sighting in batch:
                 tag, digest = sighting["tag"], sighting["digest"]
                 if digest is None:
                     seen[tag] = {}
-                    continue
-                record = known.get(digest)
-                if record is None and digest in details:
+                elif digest in details:
                     registry = details[digest].get("registryId") or sighting["registry_id"]
-                    record = TagRecord(
-                        digest,
-                        registry,
-                        image_uri(registry, region, watch.repository_name, digest),
-                        _pushed_at(details[digest]),
-                    )
-                if record is None:
+                    uri = image_uri(registry, region, watch.repository_name, digest)
+                    seen[tag] = {tag: TagRecord(digest, registry, uri, _pushed_at(details[digest]))}
+                else:
                     waiters[tag].forget()  # the image went between the two reads: judged at the next poll
-                    continue
-                known[digest] = record
-                seen[tag] = {tag: record}
-            in_use = {r.digest for tags in seen.values() for r in tags.values()}
-            for digest in [d for d in known if d not in in_use and d not in new]:
-                known.pop(digest)
             if seen:
                 yield Observation(seen)
 

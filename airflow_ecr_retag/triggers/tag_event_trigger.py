@@ -17,16 +17,16 @@ triggerer ran is not announced, and nothing is announced twice.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import gzip
 import importlib
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
-
-from airflow_ecr_retag.core import validation
-from airflow_ecr_retag.exceptions import fail_fast
 
 try:  # Airflow 3.3+
     from airflow.triggers.shared_stream import SharedStreamProducer
@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 #: Imported in a worker thread when a trigger starts: the triggerer imports a trigger's module
 #: and builds the trigger in its event loop, so this module keeps its own imports to what the
 #: triggerer has loaded already (importing the watch, the poller and the Amazon provider's hook
-#: takes 50-250 ms of CPU, a stall for every trigger in the loop).
+#: takes 50-250 ms of CPU, a stall for every trigger in the loop). The input rules are imported
+#: by the first trigger built, a step of their own.
 _WATCH_MODULE = "airflow_ecr_retag.core.tag_watch"
 _HOOK_MODULE = "airflow.providers.amazon.aws.hooks.ecr"
 
@@ -85,6 +86,9 @@ class EcrTagEventTrigger(BaseEventTrigger):
         botocore_config: dict | None = None,
     ):
         super().__init__()
+        from airflow_ecr_retag.core import validation
+        from airflow_ecr_retag.exceptions import fail_fast
+
         # A watcher is declared in a DAG file and never templated: bad input fails the DAG's import.
         with fail_fast():
             self.repository_name = validation.repository_name(repository_name)
@@ -118,9 +122,14 @@ class EcrTagEventTrigger(BaseEventTrigger):
             aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify, config=self.botocore_config
         )
 
+    def _prepared_hook(self) -> EcrHook:
+        hook = self.hook()
+        _load_endpoint_data_yielding()
+        return hook
+
     async def _connect(self) -> Any:
         # Called by the first trigger of a client key in the triggerer; the hook is built off the loop.
-        hook = await asyncio.to_thread(self.hook)
+        hook = await asyncio.to_thread(self._prepared_hook)
         return await hook.get_async_conn()
 
     async def _watch(self) -> tuple[Any, TagWatch]:
@@ -190,6 +199,47 @@ class EcrTagEventTrigger(BaseEventTrigger):
                     sighted.settle(True)
         finally:
             await writes.close()
+
+
+def _load_endpoint_data_yielding() -> None:
+    """Decode botocore's endpoint data into the Amazon provider's shared loader, letting the loop run meanwhile.
+
+    The first aiobotocore client of a process decodes botocore's ``endpoints.json`` (1.2 MB) with
+    ``json.loads(..., object_pairs_hook=OrderedDict)``: one C call that holds the GIL for 60-80 ms
+    (hundreds on a loaded machine), so the event loop's thread stalls even though the client is
+    made in a worker thread. Decoded here with a Python hook, the decoder calls back into Python
+    for every object and the loop's thread takes the GIL every switch interval. The provider's
+    async sessions share one loader (``base_aws._loader``), whose cache then holds the data; where
+    it has none, nothing is done and botocore decodes as usual.
+    """
+    base_aws = importlib.import_module("airflow.providers.amazon.aws.hooks.base_aws")
+    loader = getattr(base_aws, "_loader", None)
+    if loader is None or not hasattr(loader, "file_loader"):
+        return
+    default = loader.file_loader
+    loader.file_loader = _YieldingJSONFileLoader()
+    try:
+        loader.load_data_with_path("endpoints")
+    finally:
+        loader.file_loader = default
+
+
+class _YieldingJSONFileLoader:
+    """botocore's file-loader interface (``exists``, ``load_file``), decoding JSON with a Python object hook."""
+
+    @staticmethod
+    def _object(pairs: list[tuple[str, Any]]) -> collections.OrderedDict:
+        return collections.OrderedDict(pairs)
+
+    def exists(self, file_path: str) -> bool:
+        return any(os.path.isfile(file_path + ext) for ext in (".json", ".json.gz"))
+
+    def load_file(self, file_path: str) -> Any:
+        for ext, opener in ((".json", open), (".json.gz", gzip.open)):
+            if os.path.isfile(file_path + ext):
+                with opener(file_path + ext, "rb") as handle:
+                    return json.loads(handle.read().decode("utf-8"), object_pairs_hook=self._object)
+        return None
 
 
 class _Sighted:
