@@ -290,21 +290,24 @@ moved at once, until every event is out and remembered. Airflow warns above 0.2 
 {watching}
 
 Notes:
+- "No watcher" is the probe alone in the same kind of process: what the loaded machine itself adds.
 - "The first AWS client of the process": the first aiobotocore client a triggerer makes, whatever
-  trigger makes it, costs one stall of this size, from C code that holds the GIL in the worker
-  thread where the client is made: OpenSSL loading the CA store for aiohttp's and botocore's SSL
-  contexts, and the first imports of aiohttp and aiobotocore. The watcher decodes botocore's
-  1.2 MB `endpoints.json` itself, with a Python object hook so the loop runs between objects
-  (botocore's own decode holds the GIL 60-80 ms on an idle core). Every other case ran in a
-  process that had made a client before, as a triggerer running any other AWS trigger has.
+  trigger makes it, imports aiohttp and aiobotocore and allocates enough to bring on a full garbage
+  collection of the process's heap (Airflow's modules): one pause of the whole loop while the
+  worker thread that makes the client collects, holding the GIL (the "longest garbage collection"
+  column). A process that has made a client before (every other row, as a triggerer running any
+  other AWS trigger) does not pay it again. The watcher decodes botocore's 1.2 MB `endpoints.json`
+  itself with a Python object hook, so the loop runs between objects (botocore's own decode holds
+  the GIL 60-80 ms on an idle core).
 - The watcher's module imports only what the triggerer has loaded; its core and the Amazon
   provider's hook are imported in a worker thread. Push times are read once per repository for
   every watcher that saw a digest in the same round (10 DescribeImages for 100 watchers over 10
   repositories), after the loop-wide turn budget of the shared poller.
 - A glob watch lists its repository in pages of 100 images: botocore parses a page in one piece
   in the loop, and pages of 1,000 (last row, not shipped) stall it for about 0.1 s per page.
-- The machine is shared (a load average of 4-6 on 2 cores during the runs): part of every figure
-  is the loop's thread waiting for a core.
+- The machine is shared (a load average of 4-6 on 2 cores during the runs): every figure includes
+  the loop's thread waiting for a core, and garbage collections that any Python code in the
+  process may bring on.
 """
 
 if __name__ == "__main__":

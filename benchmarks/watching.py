@@ -19,6 +19,7 @@ The double's server is another process.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import subprocess
@@ -31,6 +32,7 @@ from benchmarks.common import ROOT, environ, table
 CLASSPATH = "airflow_ecr_retag.triggers.tag_event_trigger.EcrTagEventTrigger"
 INTERVAL = 1.0
 CASES = [
+    {"name": "no watcher: the probe alone (the machine's own noise)", "watchers": 0, "repositories": 1, "images": 2},
     {
         "name": "1 watcher of 1 tag, the first AWS client of the process",
         "watchers": 1,
@@ -73,6 +75,27 @@ class LoopProbe:
 
     def stop(self) -> None:
         self._handle.cancel()
+
+
+class GcPauses:
+    """The longest garbage collection per phase (a stall that any Python code in the process may bring on)."""
+
+    def __init__(self, probe: LoopProbe):
+        self.probe = probe
+        self.worst: dict[str, float] = {}
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            pause = time.perf_counter() - self._started
+            if pause > self.worst.get(self.probe.phase, 0.0):
+                self.worst[self.probe.phase] = pause
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self._callback)
 
 
 class StateStore:
@@ -136,6 +159,7 @@ async def child_main(case: dict, endpoint: str, run_id: str) -> dict:
     pending: list[int] = []
 
     probe = LoopProbe()
+    collections = GcPauses(probe)
     started = time.monotonic()
     trigger_class = import_string(CLASSPATH)  # as the triggerer does, in the loop
     await asyncio.sleep(0)
@@ -170,7 +194,7 @@ async def child_main(case: dict, endpoint: str, run_id: str) -> dict:
             manager.confirm_persisted(confirmed)
 
     confirmer = asyncio.ensure_future(confirm_persisted())
-    while not all(store.values for store in stores):
+    while not all(store.values for store in stores) or (not stores and time.monotonic() < started + INTERVAL):
         await asyncio.sleep(0.01)
     start_up = time.monotonic() - started
     probe.phase = "polling"
@@ -186,10 +210,13 @@ async def child_main(case: dict, endpoint: str, run_id: str) -> dict:
         await asyncio.to_thread(remote.move_tags, repository, moves)
         moved += len(moves)
     change_started = time.monotonic()
+    if not moved:  # the control: as long a window as a change takes
+        await asyncio.sleep(INTERVAL * 2)
     while len(events) < moved or pending:
         await asyncio.sleep(0.01)
     changed = time.monotonic() - change_started
     probe.stop()
+    collections.stop()
     for task in [*runners, confirmer]:
         task.cancel()
     await asyncio.gather(*runners, confirmer, return_exceptions=True)
@@ -201,6 +228,7 @@ async def child_main(case: dict, endpoint: str, run_id: str) -> dict:
         "start_up_seconds": start_up,
         "change_seconds": changed,
         "stall": probe.worst,
+        "gc_pause": collections.worst,
         "quiet_calls": dict(calls),
     }
 
@@ -244,6 +272,7 @@ def report(results: list[dict]) -> str:
     for result in results:
         samples = result["samples"]
         worst = {phase: max(s["stall"].get(phase, 0.0) for s in samples) for phase in ("start-up", "polling", "change")}
+        gc_worst = max((max(s.get("gc_pause", {}).values(), default=0.0) for s in samples), default=0.0)
         first = samples[0]
         calls = ", ".join(f"{op} {n}" for op, n in sorted(first["quiet_calls"].items()))
         rows.append(
@@ -254,6 +283,7 @@ def report(results: list[dict]) -> str:
                 f"{worst['polling'] * 1000:.1f} ms",
                 f"{worst['change'] * 1000:.1f} ms",
                 f"{max(worst.values()) * 1000:.1f} ms",
+                f"{gc_worst * 1000:.1f} ms",
                 f"{first['events']}",
                 calls,
             ]
@@ -266,6 +296,7 @@ def report(results: list[dict]) -> str:
             "polling",
             "change",
             "overall",
+            "longest garbage collection",
             "events per run",
             "ECR calls, start-up and 5 quiet intervals (1 s)",
         ],

@@ -169,15 +169,9 @@ def watched_tags(value: Any, field: str = "tags") -> list[str]:
     for i, item in enumerate(items):
         where = f"{field}[{i}]"
         if isinstance(item, str) and is_glob(item):
-            item = _text(where, item)
-            if len(item) > MAX_TAG_CHARS or not TAG_GLOB_RE.fullmatch(item):
-                raise InvalidInputError(
-                    where,
-                    "must be a tag or a glob of tag characters (ASCII letters, digits, '_', '.', '-') and the "
-                    f"wildcards '*', '?', '[...]', at most {MAX_TAG_CHARS} characters",
-                    item,
-                )
-            checked.append(item)
+            checked.append(
+                _glob(item, where, TAG_GLOB_RE, "tag characters: ASCII letters, digits, '_', '.', '-'", MAX_TAG_CHARS)
+            )
         else:
             checked.append(tag(item, where))
     repeats = sorted({t for t in checked if checked.count(t) > 1})
@@ -385,12 +379,16 @@ def is_glob(value: str) -> bool:
 
 
 def repository_glob(value: Any, field: str = "repository_name") -> str:
+    names = "repository names: lower-case letters, digits, '.', '_', '-', '/'"
+    return _glob(value, field, REPOSITORY_GLOB_RE, names, MAX_REPOSITORY_NAME_CHARS)
+
+
+def _glob(value: Any, field: str, grammar: re.Pattern, characters: str, max_chars: int) -> str:
     value = _text(field, value)
-    if len(value) > MAX_REPOSITORY_NAME_CHARS or not REPOSITORY_GLOB_RE.fullmatch(value):
+    if len(value) > max_chars or not grammar.fullmatch(value):
         raise InvalidInputError(
             field,
-            "must be a glob of repository names: lower-case letters, digits, '.', '_', '-', '/' and the "
-            f"wildcards '*', '?', '[...]', at most {MAX_REPOSITORY_NAME_CHARS} characters",
+            f"must be a glob of {characters} and the wildcards '*', '?', '[...]', at most {max_chars} characters",
             value,
         )
     return value

@@ -173,7 +173,7 @@ class EcrTagEventTrigger(BaseEventTrigger):
         memory = _StateStore(getattr(self, "asset_state_store", None), watch)
         remembered = await memory.load()
         self.log.info("Watching %s every %g s; %s", watch.describe(), self.poke_interval, memory.describe(remembered))
-        writes = _InOrderWrites(memory)
+        writes = _InOrderWrites(memory, self.log)
         try:
             async for sighted in sightings:
                 changes, updated = tag_watch.judge(remembered, sighted.observation)
@@ -328,8 +328,9 @@ def _listing(tags: dict[str, str]) -> str:
 class _InOrderWrites:
     """Memory writes, each once its observation's events are stored, in the order of the observations."""
 
-    def __init__(self, memory: _StateStore):
+    def __init__(self, memory: _StateStore, log: Any):
         self._memory = memory
+        self._log = log
         self._queue: asyncio.Queue = asyncio.Queue()
         self._task: asyncio.Task | None = None
 
@@ -341,8 +342,12 @@ class _InOrderWrites:
     async def _write(self) -> None:
         while True:
             persisted, updated = await self._queue.get()
-            if await persisted:
+            if not await persisted:
+                continue  # Airflow did not store the events: the next triggerer announces them again
+            try:
                 await self._memory.store(updated)
+            except Exception as error:
+                self._log.warning("Could not remember %s (%s): a restart announces it again", updated, error)
 
     async def close(self) -> None:
         # Writes still waiting for their confirmation are dropped: their changes are announced
