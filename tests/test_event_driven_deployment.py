@@ -234,10 +234,9 @@ def test_a_tag_moved_by_another_actor_starts_the_roll_out_once_across_triggerer_
     second = double.push(REPO, build_image("oci-index", "second"), ["sha-2"])
     third = double.push(REPO, build_image("oci", "third"), ["sha-3"])
 
-    # The api-server serves the Execution API the LocalExecutor's tasks report to; it first touches
-    # the database at its first request, so it boots while the database is made.
-    deployment.start("api-server", "api-server", "--apps", "execution")
     deployment.airflow("db", "migrate")
+    # The api-server serves the Execution API the LocalExecutor's tasks report to.
+    deployment.start("api-server", "api-server", "--apps", "execution")
     deployment.start("dag-processor", "dag-processor")
     deployment.start("scheduler", "scheduler", "--skip-serve-logs")
     deployment.start("triggerer", "triggerer", "--skip-serve-logs")

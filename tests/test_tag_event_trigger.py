@@ -20,8 +20,6 @@ from airflow_ecr_retag.core import tag_watch
 from airflow_ecr_retag.testing import build_image
 from airflow_ecr_retag.triggers import EcrTagEventTrigger, EcrTagTrigger
 
-pytestmark = pytest.mark.timing
-
 REPO = "team/app"
 INTERVAL = 0.2
 ACCOUNT = "123456789012"
@@ -86,6 +84,7 @@ def served(ecr_double_server):
     return ecr_double_server
 
 
+@pytest.mark.timing
 def test_a_tag_that_appears_moves_disappears_and_reappears_is_announced_at_each_new_digest(served):
     a = served.push(REPO, build_image("oci", "a"))
     b = served.push(REPO, build_image("oci-index", "b"), ["keep-b"])
@@ -126,6 +125,7 @@ def test_a_tag_that_appears_moves_disappears_and_reappears_is_announced_at_each_
     assert served.write_calls == 0
 
 
+@pytest.mark.timing
 def test_a_glob_announces_new_and_moved_matching_tags_from_one_listing_per_interval(served):
     a = served.push(REPO, build_image("oci", "a"), ["v1.0.0", "latest"])
     b = served.push(REPO, build_image("oci", "b"))
@@ -151,6 +151,7 @@ def test_a_glob_announces_new_and_moved_matching_tags_from_one_listing_per_inter
     assert all(call.get("maxResults") == tag_watch.LISTING_PAGE_SIZE for call in served.requests_for("DescribeImages"))
 
 
+@pytest.mark.timing
 def test_tags_of_one_repository_share_one_batch_get_image_per_round_with_every_watcher_and_wait(served):
     old = served.push(REPO, build_image("oci", "old"), ["prod", "staging", "qa", "canary"])
     new = served.push(REPO, build_image("oci-index", "new"))
@@ -198,6 +199,7 @@ async def first_event(trigger):
         return event.payload
 
 
+@pytest.mark.timing
 def test_the_memory_in_the_state_store_announces_a_change_made_while_stopped_once_and_nothing_after(served):
     a = served.push(REPO, build_image("oci", "a"), ["prod"])
     b = served.push(REPO, build_image("oci", "b"))
@@ -224,6 +226,7 @@ def test_the_memory_in_the_state_store_announces_a_change_made_while_stopped_onc
     assert third == [] and len(store.writes) == writes  # nothing changed: nothing announced, nothing written
 
 
+@pytest.mark.timing
 def test_in_ack_mode_the_memory_is_written_only_once_airflow_has_stored_the_event(served):
     shared_stream = pytest.importorskip("airflow.triggers.shared_stream", reason="shared streams are Airflow 3.3's")
     SharedStreamManager = shared_stream.SharedStreamManager
@@ -267,6 +270,7 @@ def test_in_ack_mode_the_memory_is_written_only_once_airflow_has_stored_the_even
     assert store.values[key] == {"tags": {"prod": b}}
 
 
+@pytest.mark.timing
 def test_a_missing_repository_is_logged_and_watched_until_it_exists(served, monkeypatch, capsys):
     monkeypatch.setattr(tag_watch, "MAX_BACKOFF_SECONDS", 0.3)
 
