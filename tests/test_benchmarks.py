@@ -127,6 +127,7 @@ def test_blob_throughput_benchmark_moves_every_byte(double_env):
 
 
 def test_watching_benchmark_announces_every_move(double_env):
+    pytest.importorskip("airflow.triggers.shared_stream", reason="the benchmark runs watchers as Airflow 3.3 does")
     from benchmarks import watching
 
     endpoint, _ = double_env

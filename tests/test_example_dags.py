@@ -14,6 +14,7 @@ from airflow_ecr_retag.testing import Vulnerability, build_image
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_dags"
 REPO = "team/app"
+PROD_ASSET = "ecr://team/app:prod"
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +44,27 @@ def test_every_example_dag_imports_without_errors(dagbag):
 
 
 @pytest.fixture
-def served(ecr_double_server, airflow_db, monkeypatch):
+def prod_asset_active(airflow_db):
+    """``ecr://team/app:prod`` active, as a scheduler makes the assets of parsed DAGs.
+
+    The release DAG's promotion names it in its outlets, and a task whose outlets name an inactive
+    asset fails; ``dag.test()`` activates them on Airflow 3.3, not on 3.0 (no scheduler runs here).
+    """
+    from airflow.models.asset import AssetActive, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        asset = session.query(AssetModel).filter_by(name=PROD_ASSET, uri=PROD_ASSET).one_or_none()
+        if asset is None:
+            asset = AssetModel(name=PROD_ASSET, uri=PROD_ASSET, group="asset")
+            session.add(asset)
+            session.flush()
+        if not session.query(AssetActive).filter_by(name=PROD_ASSET, uri=PROD_ASSET).count():
+            session.add(AssetActive.for_asset(asset))
+
+
+@pytest.fixture
+def served(ecr_double_server, airflow_db, prod_asset_active, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", '{"conn_type": "aws"}')
     # Scan on push, as a release repository would have it: every image pushed gets a finished, clean scan.
     ecr_double_server.create_repository(REPO, scan_on_push=True)
@@ -87,9 +108,6 @@ def test_release_dag_promotes_the_tested_digest(served, dagbag):
     assert tags["v1.4.2"] == tags["prod"] == tags["sha-0123abcd"] == digest
     assert tags["v1.4.1"] == old_prod
     assert {c.digest for c in index.children} <= set(served.images(REPO))
-
-
-PROD_ASSET = "ecr://team/app:prod"
 
 
 def asset_event_extras(name, dag_run):
