@@ -23,13 +23,23 @@ _SENSORS = {
     "EcrTagSensor": "airflow_ecr_retag.sensors.tag_sensor",
     "EcrImageScanSensor": "airflow_ecr_retag.sensors.image_scan_sensor",
 }
-_TRIGGERS = ["airflow_ecr_retag.triggers.tag", "airflow_ecr_retag.triggers.image_scan_trigger"]
-_EXPORTS = {**_OPERATORS, **_SENSORS}
+_TRIGGERS = [
+    "airflow_ecr_retag.triggers.tag",
+    "airflow_ecr_retag.triggers.image_scan_trigger",
+    "airflow_ecr_retag.triggers.tag_event_trigger",
+]
+_EXPORTS = {
+    **_OPERATORS,
+    **_SENSORS,
+    "EcrTagEventTrigger": "airflow_ecr_retag.triggers.tag_event_trigger",
+    "ecr_image_asset": "airflow_ecr_retag.assets",
+}
 
 __all__ = [*_EXPORTS, "get_provider_info", "__version__"]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
+    from airflow_ecr_retag.assets import ecr_image_asset
     from airflow_ecr_retag.operators.copy_image import EcrCopyImageOperator
     from airflow_ecr_retag.operators.hygiene import EcrTagHygieneOperator
     from airflow_ecr_retag.operators.release import EcrReleaseOperator
@@ -37,6 +47,7 @@ if TYPE_CHECKING:
     from airflow_ecr_retag.operators.rollback import EcrRollbackOperator
     from airflow_ecr_retag.sensors.image_scan_sensor import EcrImageScanSensor
     from airflow_ecr_retag.sensors.tag_sensor import EcrTagSensor
+    from airflow_ecr_retag.triggers.tag_event_trigger import EcrTagEventTrigger
 
 
 def get_provider_info() -> dict[str, Any]:

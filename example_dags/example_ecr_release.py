@@ -15,6 +15,11 @@ connections, ``aws_build`` (the build account, where CI pushes) and ``aws_prod``
 account's credentials, and its Region). The same guard holds: a re-pushed ``sha-<commit>`` copies
 nothing.
 
+The promotion declares the asset ``ecr://team/app:prod`` (``ecr_image_asset``) in its
+``outlets``: its asset event carries the promoted ``digest``, ``image_uri``, ``tags`` and
+``moved``, and starts ``example_ecr_roll_out``, which is scheduled on that asset. Outlets are
+fixed when the DAG is parsed: they name the default repository's ``prod``.
+
 Trigger with ``{"sha": "...", "version": "v1.4.2"}``. Against real AWS, set the
 ``aws_default`` and ``aws_build`` connections (the build account), ``aws_prod`` (production;
 a ``team/app`` repository must exist there) and ``repository``.
@@ -23,9 +28,9 @@ a ``team/app`` repository must exist there) and ``repository``.
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, Asset, Param, task
 
-from airflow_ecr_retag import EcrCopyImageOperator, EcrImageScanSensor, EcrRetagOperator, EcrTagSensor
+from airflow_ecr_retag import EcrCopyImageOperator, EcrImageScanSensor, EcrRetagOperator, EcrTagSensor, ecr_image_asset
 
 with DAG(
     dag_id="example_ecr_release",
@@ -88,6 +93,7 @@ with DAG(
         source_tag="sha-{{ params.sha }}",
         source_digest=tested_digest,
         target_tags=["{{ params.version }}", "prod"],
+        outlets=[Asset(ecr_image_asset("team/app", "prod"))],
     )
 
     @task

@@ -60,6 +60,9 @@ def test_the_trigger_class_path_stored_in_trigger_rows_keeps_working():
         ("airflow_ecr_retag.sensors", "EcrImageScanSensor"),
         ("airflow_ecr_retag.triggers", "EcrTagTrigger"),
         ("airflow_ecr_retag.triggers", "EcrImageScanTrigger"),
+        ("airflow_ecr_retag.triggers", "EcrTagEventTrigger"),
+        ("airflow_ecr_retag", "EcrTagEventTrigger"),
+        ("airflow_ecr_retag", "ecr_image_asset"),
     ],
 )
 def test_each_class_is_exported_from_its_layer_package(package, name):

@@ -196,3 +196,16 @@ def test_copy_benchmark_moves_exactly_the_missing_blobs_beside_skopeo(double_env
     rendered = cross_account_copy.report(results)
     assert "| 1 GiB single layer | a re-run | EcrCopyImageOperator |" in rendered
     assert "Bytes uploaded equal the missing blobs exactly: yes" in cross_account_copy.notes(results)
+
+
+def test_watching_benchmark_announces_every_move(double_env):
+    pytest.importorskip("airflow.triggers.shared_stream", reason="the benchmark runs watchers as Airflow 3.3 does")
+    from benchmarks import watching
+
+    endpoint, _ = double_env
+    case = next(c for c in watching.CASES if c["watchers"] == 1 and not c.get("glob") and not c.get("cold"))
+    [result] = watching.run(endpoint, repeats=1, cases=[{**case, "quiet_intervals": 1}])
+    [sample] = result["samples"]
+    assert sample["events"] == 1
+    assert sample["quiet_calls"].get("DescribeImages") == 1  # the push time of the one digest, read once
+    assert set(sample["stall"]) == {"start-up", "polling", "change"}

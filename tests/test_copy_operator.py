@@ -676,3 +676,26 @@ def test_an_artifact_media_type_is_kept(ecr):
     ecr.push(REPO, signature)
     run()
     assert ecr.images(REPO, **IN_PROD)[signature.digest].media_type == OCI_MANIFEST
+
+
+def test_each_asset_outlet_event_carries_the_copied_image(ecr):
+    from airflow.sdk import Asset
+    from airflow.sdk.execution_time.context import OutletEventAccessors
+
+    from airflow_ecr_retag import ecr_image_asset
+
+    digest = ecr.push(REPO, build_image("oci-index", "app"), ["sha-1"])
+    old = ecr.push(REPO, build_image("oci", "old"), ["prod"], **IN_PROD)
+    prod = Asset(ecr_image_asset(REPO, "prod", PROD))
+    context = make_context()
+    context["outlet_events"] = events = OutletEventAccessors()
+    events[prod].extra["ticket"] = "REL-42"  # set by the user's own code
+    assert operator(outlets=[prod]).execute(context) == digest
+    assert events[prod].extra == {
+        "ticket": "REL-42",
+        "digest": digest,
+        "image_uri": f"{PROD}.dkr.ecr.{PROD_REGION}.amazonaws.com/{REPO}@{digest}",
+        "tags": ["v1.4.2", "prod"],
+        "moved": {"prod": old},
+    }
+    assert ecr.tags(REPO, **IN_PROD) == {"v1.4.2": digest, "prod": digest}

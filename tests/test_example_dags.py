@@ -16,6 +16,7 @@ from airflow_ecr_retag.testing import Vulnerability, build_image
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_dags"
 REPO = "team/app"
+PROD_ASSET = "ecr://team/app:prod"
 
 
 @pytest.fixture
@@ -32,6 +33,7 @@ def test_every_example_dag_imports_without_errors(dagbag):
         "example_ecr_release_set",
         "example_ecr_wait_for_prod",
         "example_ecr_tag_hygiene",
+        "example_ecr_roll_out",
     }
 
 
@@ -39,7 +41,27 @@ PROD, PROD_REGION = "210987654321", "eu-west-1"
 
 
 @pytest.fixture
-def served(ecr_double_server, monkeypatch):
+def prod_asset_active(airflow_db):
+    """``ecr://team/app:prod`` active, as a scheduler makes the assets of parsed DAGs.
+
+    The release DAG's promotion names it in its outlets, and a task whose outlets name an inactive
+    asset fails; ``dag.test()`` activates them on Airflow 3.3, not on 3.0 (no scheduler runs here).
+    """
+    from airflow.models.asset import AssetActive, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        asset = session.query(AssetModel).filter_by(name=PROD_ASSET, uri=PROD_ASSET).one_or_none()
+        if asset is None:
+            asset = AssetModel(name=PROD_ASSET, uri=PROD_ASSET, group="asset")
+            session.add(asset)
+            session.flush()
+        if not session.query(AssetActive).filter_by(name=PROD_ASSET, uri=PROD_ASSET).count():
+            session.add(AssetActive.for_asset(asset))
+
+
+@pytest.fixture
+def served(ecr_double_server, prod_asset_active, monkeypatch):
     # Scan on push, as a release repository would have it: every image pushed gets a finished, clean scan.
     ecr_double_server.create_repository(REPO, scan_on_push=True)
     # The release DAG copies to production: its own account's credentials (and Region), its repository.
@@ -86,6 +108,71 @@ def test_release_dag_promotes_the_tested_digest(served, run_dag):
         3,
     )
     assert served.blobs_of(REPO, **in_prod) == blobs
+
+
+def asset_event_extras(name, dag_run):
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.name == name, AssetEvent.source_run_id == dag_run.run_id)
+            .all()
+        )
+        return [row.extra for row in rows]
+
+
+class EventsByAsset(dict):
+    """``triggering_asset_events`` as a task sees it: the events of each asset, looked up by the Asset."""
+
+    def __getitem__(self, asset):
+        return super().__getitem__(asset.name)
+
+
+class StoredEvent:
+    def __init__(self, extra):
+        self.extra = extra
+
+
+def test_release_dag_promotion_emits_the_prod_asset_event_and_the_roll_out_deploys_from_it(served, run_dag, dagbag):
+    digest = served.push(REPO, build_image("oci-index", "release"), ["sha-0123abcd"])
+    old_prod = served.push(REPO, build_image("oci", "previous"), ["prod"])
+    dag_run = run_dag("example_ecr_release", run_conf={"sha": "0123abcd", "version": "v1.4.2"})
+    assert dag_run.states["promote"] == "success"
+    uri = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/{REPO}@{digest}"
+    [extra] = asset_event_extras(PROD_ASSET, dag_run)
+    assert extra == {"digest": digest, "image_uri": uri, "tags": ["v1.4.2", "prod"], "moved": {"prod": old_prod}}
+    deploy = dagbag.get_dag("example_ecr_roll_out").task_dict["deploy"].python_callable
+    assert deploy(triggering_asset_events=EventsByAsset({PROD_ASSET: [StoredEvent(extra)]})) == {
+        "digest": digest,
+        "image_uri": uri,
+        "events": 1,
+    }
+
+
+def test_the_roll_out_deploys_the_newest_event_whether_a_watcher_or_a_promotion_announced_it(dagbag):
+    deploy = dagbag.get_dag("example_ecr_roll_out").task_dict["deploy"].python_callable
+    promoted = {"digest": "sha256:" + "a" * 64, "image_uri": "u@a", "tags": ["prod"], "moved": {}}
+    watched = {"from_trigger": True, "payload": {"tag": "prod", "digest": "sha256:" + "b" * 64, "image_uri": "u@b"}}
+    events = EventsByAsset({PROD_ASSET: [StoredEvent(promoted), StoredEvent(watched)]})
+    assert deploy(triggering_asset_events=events) == {"digest": "sha256:" + "b" * 64, "image_uri": "u@b", "events": 2}
+    events = EventsByAsset({PROD_ASSET: [StoredEvent(watched), StoredEvent(promoted)]})
+    assert deploy(triggering_asset_events=events)["digest"] == "sha256:" + "a" * 64
+
+
+def test_the_roll_out_is_scheduled_on_prod_through_its_watcher(dagbag):
+    from airflow_ecr_retag.triggers import EcrTagEventTrigger
+
+    dag = dagbag.get_dag("example_ecr_roll_out")
+    [asset] = dag.timetable.asset_condition.objects
+    [watcher] = asset.watchers
+    assert asset.name == PROD_ASSET
+    assert isinstance(watcher.trigger, EcrTagEventTrigger)
+    assert (watcher.trigger.repository_name, watcher.trigger.tags) == (REPO, ["prod"])
+    [outlet] = dagbag.get_dag("example_ecr_release").task_dict["promote"].outlets
+    assert outlet.name == PROD_ASSET
 
 
 def test_release_dag_refuses_an_image_re_pushed_after_its_test(served, run_dag):

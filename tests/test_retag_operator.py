@@ -396,3 +396,60 @@ def test_cross_account_registry_id_reaches_every_call_and_the_uri(ecr):
     assert ecr.tags("shared/app", registry_id="222222222222")["prod"] == digest
     assert xcom["promotion"]["image_uri"] == f"222222222222.dkr.ecr.us-east-1.amazonaws.com/shared/app@{digest}"
     assert all(call.params.get("registryId") == "222222222222" for call in ecr.requests)
+
+
+def test_each_asset_outlet_event_carries_the_promoted_image_and_keeps_the_users_own_extra(ecr):
+    from airflow.sdk import Asset, AssetAlias
+    from airflow.sdk.execution_time.context import OutletEventAccessors
+
+    from airflow_ecr_retag import ecr_image_asset
+
+    digest = ecr.push(REPO, build_image("oci-index", "app"), ["sha-1"])
+    old = ecr.push(REPO, build_image("oci", "old"), ["prod"])
+    prod, other, alias = Asset(ecr_image_asset(REPO, "prod")), Asset("s3://bucket/releases"), AssetAlias("promotions")
+    operator = EcrRetagOperator(
+        task_id="promote", repository_name=REPO, source_tag="sha-1", target_tags=["v1.4.2", "prod"],
+        outlets=[prod, other, alias], **AWS,
+    )  # fmt: skip
+    context = make_context()
+    context["outlet_events"] = events = OutletEventAccessors()
+    events[prod].extra["ticket"] = "REL-42"  # set by the user's own code
+    operator.execute(context)
+    promoted = {
+        "digest": digest,
+        "image_uri": f"123456789012.dkr.ecr.us-east-1.amazonaws.com/{REPO}@{digest}",
+        "tags": ["v1.4.2", "prod"],
+        "moved": {"prod": old},
+    }
+    assert events[prod].extra == {"ticket": "REL-42", **promoted}
+    assert events[other].extra == promoted
+    assert events[alias].extra == {} and events[alias].asset_alias_events == []  # an alias names its own assets
+
+
+@pytest.mark.parametrize(
+    ("arguments", "name"),
+    [
+        (("team/app", "prod"), "ecr://team/app:prod"),
+        (("team/app", "v1.4.2", "123456789012"), "ecr://123456789012/team/app:v1.4.2"),
+    ],
+)
+def test_the_asset_name_of_a_tag(arguments, name):
+    from airflow_ecr_retag import ecr_image_asset
+
+    assert ecr_image_asset(*arguments) == name
+
+
+@pytest.mark.parametrize(
+    ("arguments", "field"),
+    [
+        (("Team/App", "prod"), "repository_name"),
+        (("team/app", "v*"), "tag"),
+        (("team/app", "prod", "42"), "registry_id"),
+    ],
+)
+def test_the_asset_name_of_a_bad_tag_is_refused_naming_the_field(arguments, field):
+    from airflow_ecr_retag import ecr_image_asset
+
+    with pytest.raises(InvalidInputError) as error:
+        ecr_image_asset(*arguments)
+    assert error.value.field == field

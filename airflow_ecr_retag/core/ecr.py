@@ -2,8 +2,9 @@
 
 Read: :func:`fetch_images` (BatchGetImage, 100 references a call, all manifest media types
 accepted so ECR never translates) and :func:`fetch_images_async` for the triggers,
-:func:`describe_image`, :func:`describe_images` (by digest, 100 a call), :func:`describe_all`
-(the DescribeImages paginator), :func:`list_repositories` (the DescribeRepositories paginator),
+:func:`describe_image`, :func:`describe_images` (by digest, 100 a call) and
+:func:`describe_images_async`, :func:`describe_all` (the DescribeImages paginator) and
+:func:`describe_pages_async` for the watchers, :func:`list_repositories` (the DescribeRepositories paginator),
 :func:`describe_repositories` (by name, for tag mutability, with :func:`tag_is_immutable`),
 :func:`scan_findings_pages` and :func:`scan_findings_pages_async` (the DescribeImageScanFindings
 paginator). Write: :func:`put_tag`, :func:`remove_tags`, :func:`start_image_scan` (and
@@ -199,6 +200,37 @@ def describe_images(
     for batch in chunks(list(digests)):
         read(batch)
     return details
+
+
+async def describe_images_async(
+    client: Any, repository_name: str, digests: Sequence[str], registry_id: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """DescribeImages by digest for an aiobotocore client, one call (at most 100 digests): each image's details.
+
+    If one of the images is gone ECR fails the whole call (``ImageNotFoundException``): the answer
+    is then empty, and the caller reads again at its next poll, when the tag has moved on.
+    """
+    if len(digests) > MAX_IMAGE_IDS:
+        raise ValueError(f"at most {MAX_IMAGE_IDS} digests per DescribeImages call, got {len(digests)}")
+    try:
+        response = await client.describe_images(
+            **pruned(registryId=registry_id, repositoryName=repository_name, imageIds=[ref(digest=d) for d in digests])
+        )
+    except Exception as error:
+        if error_code(error) != "ImageNotFoundException":
+            raise
+        return {}
+    return {detail["imageDigest"]: detail for detail in response.get("imageDetails", [])}
+
+
+def describe_pages_async(
+    client: Any, repository_name: str, registry_id: str | None = None, page_size: int = DESCRIBE_PAGE_SIZE
+) -> AsyncIterator[dict[str, Any]]:
+    """The DescribeImages paginator (ACTIVE images) for an aiobotocore client: ``async for page in ...``."""
+    paginator = client.get_paginator("describe_images")
+    return paginator.paginate(
+        **pruned(registryId=registry_id, repositoryName=repository_name), PaginationConfig={"PageSize": page_size}
+    )
 
 
 def describe_all(

@@ -168,6 +168,39 @@ def patterns(value: Any, field: str) -> list[str]:
     return list(items)
 
 
+#: A tag glob: the characters of tags and the shell wildcards ``* ? [ ] !``.
+TAG_GLOB_RE = re.compile(r"[a-zA-Z0-9._*?\[\]!-]+")
+
+
+def watched_tags(value: Any, field: str = "tags") -> list[str]:
+    """Tag names or globs to watch: a non-empty list, each a valid tag or a glob of tag characters, no repeats."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise InvalidInputError(field, "must be a list of tag names or globs", value)
+    if not items:
+        raise InvalidInputError(field, "must name at least one tag or glob", value)
+    checked = []
+    for i, item in enumerate(items):
+        where = f"{field}[{i}]"
+        if isinstance(item, str) and is_glob(item):
+            checked.append(
+                _glob(item, where, TAG_GLOB_RE, "tag characters: ASCII letters, digits, '_', '.', '-'", MAX_TAG_CHARS)
+            )
+        else:
+            checked.append(tag(item, where))
+    repeats = sorted({t for t in checked if checked.count(t) > 1})
+    if repeats:
+        raise InvalidInputError(field, f"must not repeat a tag or glob: {', '.join(repeats)}", value)
+    return checked
+
+
+def positive_seconds(value: Any, field: str) -> float:
+    """A number of seconds greater than zero (an interval)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise InvalidInputError(field, "must be a number of seconds greater than 0", value)
+    return float(value)
+
+
 #: The keys of an ``images`` entry of a release.
 RELEASE_IMAGE_KEYS = ("repository_name", "source_tag", "source_digest")
 
@@ -348,17 +381,21 @@ GLOB_CHARACTERS = frozenset("*?[")
 
 
 def is_glob(value: str) -> bool:
-    """Whether a repository name is a glob (no repository name has a wildcard)."""
+    """Whether a repository name or a tag is a glob (no repository name or tag has a wildcard)."""
     return any(c in GLOB_CHARACTERS for c in value)
 
 
 def repository_glob(value: Any, field: str = "repository_name") -> str:
+    names = "repository names: lower-case letters, digits, '.', '_', '-', '/'"
+    return _glob(value, field, REPOSITORY_GLOB_RE, names, MAX_REPOSITORY_NAME_CHARS)
+
+
+def _glob(value: Any, field: str, grammar: re.Pattern, characters: str, max_chars: int) -> str:
     value = _text(field, value)
-    if len(value) > MAX_REPOSITORY_NAME_CHARS or not REPOSITORY_GLOB_RE.fullmatch(value):
+    if len(value) > max_chars or not grammar.fullmatch(value):
         raise InvalidInputError(
             field,
-            "must be a glob of repository names: lower-case letters, digits, '.', '_', '-', '/' and the "
-            f"wildcards '*', '?', '[...]', at most {MAX_REPOSITORY_NAME_CHARS} characters",
+            f"must be a glob of {characters} and the wildcards '*', '?', '[...]', at most {max_chars} characters",
             value,
         )
     return value

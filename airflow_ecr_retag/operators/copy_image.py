@@ -8,6 +8,7 @@ from airflow.providers.amazon.aws.hooks.ecr import EcrHook
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 
+from airflow_ecr_retag.assets import emit_image_events
 from airflow_ecr_retag.core.image_copy import CopyRequest, copy_image
 from airflow_ecr_retag.exceptions import fail_fast
 from airflow_ecr_retag.links import EcrImageLink, persist_before_the_work
@@ -174,6 +175,14 @@ class EcrCopyImageOperator(AwsBaseOperator[EcrHook]):
                 log=self.log,
             )
         context["ti"].xcom_push(key="copy", value=report)
+        emit_image_events(
+            context,
+            self.outlets,
+            digest=report["digest"],
+            image_uri=report["image_uri"],
+            tags=request.target_tags,
+            moved=report["moved"],
+        )
         EcrImageLink.persist(
             context=context,
             operator=self,

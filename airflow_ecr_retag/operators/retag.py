@@ -7,6 +7,7 @@ from airflow.providers.amazon.aws.hooks.ecr import EcrHook
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 
+from airflow_ecr_retag.assets import emit_image_events
 from airflow_ecr_retag.core.promotion import PromotionRequest, promote
 from airflow_ecr_retag.exceptions import fail_fast
 from airflow_ecr_retag.links import EcrImageLink, persist_before_the_work
@@ -25,7 +26,9 @@ class EcrRetagOperator(AwsBaseOperator[EcrHook]):
     XCom ``promotion`` holds ``repository_name``, ``registry_id``, ``digest``, ``media_type``,
     ``image_uri`` (by digest), ``added`` (tags this run set, moved ones included),
     ``unchanged``, ``moved`` (tag -> previous digest, for roll-back) and
-    ``source_tag_removed``.
+    ``source_tag_removed``. With ``outlets=[Asset(ecr_image_asset(...))]`` each ``Asset``
+    outlet's event carries the extra ``digest``, ``image_uri``, ``tags`` (the target tags) and
+    ``moved``.
 
     :param repository_name: The repository, e.g. ``team/app``. (templated)
     :param target_tags: The tag or tags to set, at most 99. (templated)
@@ -102,6 +105,14 @@ class EcrRetagOperator(AwsBaseOperator[EcrHook]):
             client = self.hook.conn
             promotion = promote(client, request, region_name=client.meta.region_name, log=self.log)
         context["ti"].xcom_push(key="promotion", value=promotion)
+        emit_image_events(
+            context,
+            self.outlets,
+            digest=promotion["digest"],
+            image_uri=promotion["image_uri"],
+            tags=request.target_tags,
+            moved=promotion["moved"],
+        )
         EcrImageLink.persist(
             context=context,
             operator=self,
