@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from airflow.providers.amazon.aws.hooks.ecr import EcrHook
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_ecr_retag.core.image_scan import ResolvedImage, ScanGate, error_event, wait_for_scan
 from airflow_ecr_retag.core.tag_poller import ClientKey, shared_client
+from airflow_ecr_retag.triggers.connection import AwsConnectionFields
 
 
-class EcrImageScanTrigger(BaseTrigger):
+class EcrImageScanTrigger(AwsConnectionFields, BaseTrigger):
     """
     Wait in the triggerer until an image's scan is finished, then judge its findings.
 
@@ -73,10 +73,7 @@ class EcrImageScanTrigger(BaseTrigger):
         self.start_scan = start_scan
         self.poke_interval = float(poke_interval)
         self.timeout_at = timeout_at
-        self.aws_conn_id = aws_conn_id
-        self.region_name = region_name
-        self.verify = verify
-        self.botocore_config = botocore_config
+        self._set_connection(aws_conn_id, region_name, verify, botocore_config)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -92,10 +89,7 @@ class EcrImageScanTrigger(BaseTrigger):
                 "start_scan": self.start_scan,
                 "poke_interval": self.poke_interval,
                 "timeout_at": self.timeout_at,
-                "aws_conn_id": self.aws_conn_id,
-                "region_name": self.region_name,
-                "verify": self.verify,
-                "botocore_config": self.botocore_config,
+                **self.connection_kwargs(),
             },
         )
 
@@ -113,14 +107,9 @@ class EcrImageScanTrigger(BaseTrigger):
             self.start_scan,
         )
 
-    def hook(self) -> EcrHook:
-        return EcrHook(
-            aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify, config=self.botocore_config
-        )
-
     async def run(self) -> AsyncIterator[TriggerEvent]:
         gate, image = self.gate, ResolvedImage.from_dict(self.image)
-        key = ClientKey.of(self.aws_conn_id, self.region_name, self.verify, self.botocore_config)
+        key = ClientKey.of(**self.connection_kwargs())
         try:
             async with shared_client(key, self.hook().get_async_conn) as client:
                 event = await wait_for_scan(

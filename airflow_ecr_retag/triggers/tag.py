@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from airflow.providers.amazon.aws.hooks.ecr import EcrHook
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_ecr_retag.core.errors import error_code
 from airflow_ecr_retag.core.tag_poller import ClientKey, Waiter, joined
 from airflow_ecr_retag.core.tag_wait import TagWait
+from airflow_ecr_retag.triggers.connection import AwsConnectionFields
 
 
-class EcrTagTrigger(BaseTrigger):
+class EcrTagTrigger(AwsConnectionFields, BaseTrigger):
     """
     Wait in the triggerer until ``tag`` exists in the repository (at ``expected_digest``, if given).
 
@@ -61,10 +61,7 @@ class EcrTagTrigger(BaseTrigger):
         self.registry_id = registry_id
         self.poke_interval = float(poke_interval)
         self.timeout_at = timeout_at
-        self.aws_conn_id = aws_conn_id
-        self.region_name = region_name
-        self.verify = verify
-        self.botocore_config = botocore_config
+        self._set_connection(aws_conn_id, region_name, verify, botocore_config)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -76,10 +73,7 @@ class EcrTagTrigger(BaseTrigger):
                 "registry_id": self.registry_id,
                 "poke_interval": self.poke_interval,
                 "timeout_at": self.timeout_at,
-                "aws_conn_id": self.aws_conn_id,
-                "region_name": self.region_name,
-                "verify": self.verify,
-                "botocore_config": self.botocore_config,
+                **self.connection_kwargs(),
             },
         )
 
@@ -87,18 +81,13 @@ class EcrTagTrigger(BaseTrigger):
     def wait(self) -> TagWait:
         return TagWait(self.repository_name, self.tag, self.expected_digest, self.registry_id)
 
-    def hook(self) -> EcrHook:
-        return EcrHook(
-            aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify, config=self.botocore_config
-        )
-
     async def _connect(self) -> Any:
         # Called only by the first trigger of a ClientKey in this triggerer: one hook (and one
         # connection lookup, in get_async_conn's worker thread) per shared client, not per trigger.
         return await self.hook().get_async_conn()
 
     def _client_key(self) -> ClientKey:
-        return ClientKey.of(self.aws_conn_id, self.region_name, self.verify, self.botocore_config)
+        return ClientKey.of(**self.connection_kwargs())
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # What a waiting trigger holds, 10,000 of them at once: this frame, one waiter, one future.

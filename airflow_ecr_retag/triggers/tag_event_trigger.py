@@ -33,6 +33,8 @@ try:  # Airflow 3.3+
 except ImportError:  # before 3.3 the triggerer never asks for a producer
     SharedStreamProducer = object  # type: ignore[assignment,misc]
 
+from airflow_ecr_retag.triggers.connection import AwsConnectionFields
+
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.ecr import EcrHook
 
@@ -44,10 +46,9 @@ if TYPE_CHECKING:
 #: takes 50-250 ms of CPU, a stall for every trigger in the loop). The input rules are imported
 #: by the first trigger built, a step of their own.
 _WATCH_MODULE = "airflow_ecr_retag.core.tag_watch"
-_HOOK_MODULE = "airflow.providers.amazon.aws.hooks.ecr"
 
 
-class EcrTagEventTrigger(BaseEventTrigger):
+class EcrTagEventTrigger(AwsConnectionFields, BaseEventTrigger):
     """
     Watch tags of an ECR repository for an ``AssetWatcher``: one event each time a tag points at a new digest.
 
@@ -95,10 +96,7 @@ class EcrTagEventTrigger(BaseEventTrigger):
             self.tags = validation.watched_tags(tags, "tags")
             self.registry_id = validation.registry_id(registry_id)
             self.poke_interval = validation.positive_seconds(poke_interval, "poke_interval")
-        self.aws_conn_id = aws_conn_id
-        self.region_name = region_name
-        self.verify = verify
-        self.botocore_config = botocore_config
+        self._set_connection(aws_conn_id, region_name, verify, botocore_config)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         # Airflow identifies a watcher by the hash of these: plain values, always the same keys.
@@ -109,17 +107,8 @@ class EcrTagEventTrigger(BaseEventTrigger):
                 "tags": list(self.tags),
                 "registry_id": self.registry_id,
                 "poke_interval": self.poke_interval,
-                "aws_conn_id": self.aws_conn_id,
-                "region_name": self.region_name,
-                "verify": self.verify,
-                "botocore_config": self.botocore_config,
+                **self.connection_kwargs(),
             },
-        )
-
-    def hook(self) -> EcrHook:
-        ecr_hook = importlib.import_module(_HOOK_MODULE)
-        return ecr_hook.EcrHook(
-            aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify, config=self.botocore_config
         )
 
     def _prepared_hook(self) -> EcrHook:
@@ -139,7 +128,7 @@ class EcrTagEventTrigger(BaseEventTrigger):
     async def observations(self) -> AsyncIterator[Observation]:
         """What the registry shows, forever (see :func:`airflow_ecr_retag.core.tag_watch.observe`)."""
         tag_watch, watch = await self._watch()
-        key = tag_watch.ClientKey.of(self.aws_conn_id, self.region_name, self.verify, self.botocore_config)
+        key = tag_watch.ClientKey.of(**self.connection_kwargs())
         async for observation in tag_watch.observe(
             watch, poke_interval=self.poke_interval, key=key, connect=self._connect, log=self.log
         ):
