@@ -1,14 +1,12 @@
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.providers.amazon.aws.hooks.ecr import EcrHook
 from airflow.providers.amazon.aws.sensors.base_aws import AwsBaseSensor
-from airflow.providers.amazon.aws.utils import validate_execute_complete_event
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
-from airflow.providers.common.compat.sdk import AirflowSensorTimeout, PokeReturnValue, conf
+from airflow.providers.common.compat.sdk import PokeReturnValue, conf
 
 from airflow_ecr_retag.core.errors import ScanThresholdExceededError
 from airflow_ecr_retag.core.image_scan import (
@@ -20,6 +18,7 @@ from airflow_ecr_retag.core.image_scan import (
     resolve,
 )
 from airflow_ecr_retag.exceptions import fail_fast
+from airflow_ecr_retag.sensors.deferral import poke_result, settled_event, trigger_arguments
 from airflow_ecr_retag.triggers.image_scan_trigger import EcrImageScanTrigger
 
 if TYPE_CHECKING:
@@ -151,29 +150,21 @@ class EcrImageScanSensor(AwsBaseSensor[EcrHook]):
                 ignore_findings=list(gate.ignore_findings),
                 only_fixable=gate.only_fixable,
                 start_scan=gate.start_scan,
-                poke_interval=self.poke_interval,
-                timeout_at=time.time() + float(self.timeout),
-                aws_conn_id=self.aws_conn_id,
-                region_name=self.region_name,
-                verify=self.verify,
-                botocore_config=self.botocore_config,
+                **trigger_arguments(self),
             ),
             method_name="execute_complete",
         )
 
     def poke(self, context: Context) -> PokeReturnValue:
         _, check = self._check(self._gate())
-        return PokeReturnValue(is_done=check.done, xcom_value=check.report if check.done else None)
+        return poke_result(check.done, check.report)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        event = validate_execute_complete_event(event)
-        status = event.get("status")
-        if status == "success" and isinstance(event.get("report"), dict):
+        event = settled_event(event)
+        if event.get("status") == "success" and isinstance(event.get("report"), dict):
             report = event["report"]
             self.log.info("Scan gate open for %s@%s: %s", report["repository_name"], report["digest"], report)
             return report
-        if status == "timeout":
-            raise AirflowSensorTimeout(event.get("message", "timed out"))
         error = error_from_event(event)
         if isinstance(error, ScanThresholdExceededError):  # the blocking-findings table, in the log too
             self.log.error("%s", error)

@@ -1,17 +1,16 @@
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.hooks.ecr import EcrHook
 from airflow.providers.amazon.aws.sensors.base_aws import AwsBaseSensor
-from airflow.providers.amazon.aws.utils import validate_execute_complete_event
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
-from airflow.providers.common.compat.sdk import AirflowSensorTimeout, PokeReturnValue, conf
+from airflow.providers.common.compat.sdk import PokeReturnValue, conf
 
 from airflow_ecr_retag.core.tag_wait import TagCheck, TagWait, check_tag
 from airflow_ecr_retag.exceptions import EcrPermanentError, fail_fast
+from airflow_ecr_retag.sensors.deferral import poke_result, settled_event, trigger_arguments
 from airflow_ecr_retag.triggers.tag import EcrTagTrigger
 
 if TYPE_CHECKING:
@@ -94,26 +93,18 @@ class EcrTagSensor(AwsBaseSensor[EcrHook]):
                 tag=wait.tag,
                 expected_digest=wait.expected_digest,
                 registry_id=wait.registry_id,
-                poke_interval=self.poke_interval,
-                timeout_at=time.time() + float(self.timeout),
-                aws_conn_id=self.aws_conn_id,
-                region_name=self.region_name,
-                verify=self.verify,
-                botocore_config=self.botocore_config,
+                **trigger_arguments(self),
             ),
             method_name="execute_complete",
         )
 
     def poke(self, context: Context) -> PokeReturnValue:
         check = self._check(self._validated())
-        return PokeReturnValue(is_done=check.done, xcom_value=check.digest if check.done else None)
+        return poke_result(check.done, check.digest)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
-        event = validate_execute_complete_event(event)
-        status = event.get("status")
-        if status == "success" and event.get("digest"):
+        event = settled_event(event)
+        if event.get("status") == "success" and event.get("digest"):
             self.log.info("Tag %s points at %s", event.get("tag", self.tag), event["digest"])
             return event["digest"]
-        if status == "timeout":
-            raise AirflowSensorTimeout(event.get("message", "timed out"))
         raise EcrPermanentError(str(event.get("code") or "TriggerError"), str(event.get("message") or event))
