@@ -41,27 +41,7 @@ PROD, PROD_REGION = "210987654321", "eu-west-1"
 
 
 @pytest.fixture
-def prod_asset_active(airflow_db):
-    """``ecr://team/app:prod`` active, as a scheduler makes the assets of parsed DAGs.
-
-    The release DAG's promotion names it in its outlets, and a task whose outlets name an inactive
-    asset fails; ``dag.test()`` activates them on Airflow 3.3, not on 3.0 (no scheduler runs here).
-    """
-    from airflow.models.asset import AssetActive, AssetModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        asset = session.query(AssetModel).filter_by(name=PROD_ASSET, uri=PROD_ASSET).one_or_none()
-        if asset is None:
-            asset = AssetModel(name=PROD_ASSET, uri=PROD_ASSET, group="asset")
-            session.add(asset)
-            session.flush()
-        if not session.query(AssetActive).filter_by(name=PROD_ASSET, uri=PROD_ASSET).count():
-            session.add(AssetActive.for_asset(asset))
-
-
-@pytest.fixture
-def served(ecr_double_server, prod_asset_active, monkeypatch):
+def served(ecr_double_server, monkeypatch):
     # Scan on push, as a release repository would have it: every image pushed gets a finished, clean scan.
     ecr_double_server.create_repository(REPO, scan_on_push=True)
     # The release DAG copies to production: its own account's credentials (and Region), its repository.
@@ -110,20 +90,6 @@ def test_release_dag_promotes_the_tested_digest(served, run_dag):
     assert served.blobs_of(REPO, **in_prod) == blobs
 
 
-def asset_event_extras(name, dag_run):
-    from airflow.models.asset import AssetEvent, AssetModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        rows = (
-            session.query(AssetEvent)
-            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-            .filter(AssetModel.name == name, AssetEvent.source_run_id == dag_run.run_id)
-            .all()
-        )
-        return [row.extra for row in rows]
-
-
 class EventsByAsset(dict):
     """``triggering_asset_events`` as a task sees it: the events of each asset, looked up by the Asset."""
 
@@ -142,7 +108,7 @@ def test_release_dag_promotion_emits_the_prod_asset_event_and_the_roll_out_deplo
     dag_run = run_dag("example_ecr_release", run_conf={"sha": "0123abcd", "version": "v1.4.2"})
     assert dag_run.states["promote"] == "success"
     uri = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/{REPO}@{digest}"
-    [extra] = asset_event_extras(PROD_ASSET, dag_run)
+    [extra] = dag_run.asset_events[PROD_ASSET]  # activated and read back by run_dag, on 3.0 too
     assert extra == {"digest": digest, "image_uri": uri, "tags": ["v1.4.2", "prod"], "moved": {"prod": old_prod}}
     deploy = dagbag.get_dag("example_ecr_roll_out").task_dict["deploy"].python_callable
     assert deploy(triggering_asset_events=EventsByAsset({PROD_ASSET: [StoredEvent(extra)]})) == {

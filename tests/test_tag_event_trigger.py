@@ -325,3 +325,64 @@ def test_bad_input_fails_the_dag_import_naming_the_field(arguments, field, rule)
     with pytest.raises(exceptions.InvalidInputError) as error:
         EcrTagEventTrigger(**params)
     assert error.value.field == field and rule in error.value.rule
+
+
+@pytest.mark.parametrize("code", ["UpstreamUnavailable", "UpstreamTooManyRequests", "KmsError"])
+def test_a_transient_per_image_failure_is_not_a_disappearance(code):
+    from airflow_ecr_retag.core import ecr
+    from airflow_ecr_retag.core.tag_wait import TagWait
+
+    image = ecr.FetchedImage("sha256:" + "a" * 64, "{}", "application/vnd.oci.image.manifest.v1+json", ACCOUNT)
+
+    async def sightings():
+        sighting = tag_watch._Sighting(TagWait(REPO, "prod", None, None), INTERVAL, asyncio.Queue())
+        return [
+            sighting.receive(image, None),
+            sighting.receive(None, {"failureCode": code, "failureReason": "try later"}),
+            sighting.receive(image, None),  # the same digest again: nothing to announce
+            sighting.receive(None, {"failureCode": "ImageNotFound", "failureReason": "gone"}),
+            sighting.receive(image, None),
+        ]
+
+    seen = asyncio.run(sightings())
+    assert [s and s["digest"] for s in seen] == [image.digest, None, None, None, image.digest]
+    assert [s is None for s in seen] == [False, True, True, False, False]
+
+
+def test_a_memory_that_cannot_be_read_yet_is_read_again_not_replaced_by_a_new_baseline(caplog):
+    import logging
+
+    from airflow_ecr_retag.triggers.tag_event_trigger import _StateStore
+
+    watch = tag_watch.TagWatch(REPO, ("prod",), None)
+    remembered = {"prod": "sha256:" + "a" * 64}
+
+    class Unreachable(StateStore):
+        failures = 2
+
+        async def aget(self, key, default=None):
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("the supervisor is not answering")
+            return await super().aget(key, default)
+
+    store = Unreachable()
+    store.values[watch.memory_key("prod")] = {"tags": remembered}
+    log = logging.getLogger("test.watcher")
+    with caplog.at_level(logging.WARNING, logger="test.watcher"):
+        loaded = asyncio.run(_StateStore(store, watch).load(log, backoff_limit=0.01))
+    assert loaded == {"prod": remembered}
+    assert store.failures == 0
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        f"Could not read the memory of {watch.describe()} from the asset state store"
+    ] * 2
+
+
+def test_a_log_line_lists_at_most_ten_tags_of_a_glob():
+    from airflow_ecr_retag.triggers.tag_event_trigger import _listing
+
+    tags = {f"v{n:05d}": "sha256:" + "b" * 64 for n in range(10_000)}
+    line = _listing(tags)
+    assert line.startswith("v00000 at sha256:") and line.endswith(" and 9,990 more")
+    assert line.count(" at ") == 10
+    assert _listing({}) == "no tag"

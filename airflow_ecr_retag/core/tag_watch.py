@@ -131,6 +131,10 @@ class Change:
         }
 
 
+#: The one per-image failure of BatchGetImage that means the tag is not there; any other (an
+#: upstream registry of a pull-through cache unavailable, a KMS error) says nothing about the tag.
+ABSENT_FAILURE_CODE = "ImageNotFound"
+
 #: An entry's memory: covered tag -> the digest last announced (or taken as the baseline).
 Memory = dict[str, dict[str, str]]
 
@@ -209,6 +213,10 @@ class _Sighting(Waiter):
             check = evaluate(self.wait, image, failure)
         except EcrPermanentError as error:
             return {"status": "error", "code": error.code, "message": str(error)}
+        if image is None and (failure or {}).get("failureCode", ABSENT_FAILURE_CODE) != ABSENT_FAILURE_CODE:
+            # A sensor may take UpstreamUnavailable or KmsError for "not yet"; a watcher must not take
+            # it for a tag that went away, or the next good poll announces the same digest again.
+            return None
         digest = check.digest if check.done else None
         if digest == self._reported:
             return None

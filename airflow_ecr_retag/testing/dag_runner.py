@@ -9,8 +9,11 @@ folder in this process with ``dag.test()``, the way ``airflow dags test`` runs i
 through the Task SDK's runner, deferred tasks through an in-process triggerer, so templates,
 XComs, extra links, retries and trigger rules behave as in a real run, and the double's counters,
 faults and ``before_call`` actions (Python functions included) see every call the tasks make.
-The outcome comes back as a :class:`DagRunResult`: the run's state, every task's state and every
-XCom, read from the metadata DB (no SQL in your tests).
+The outcome comes back as a :class:`DagRunResult`: the run's state, every task's state, every
+XCom and the extras of the asset events its tasks emitted, read from the metadata DB (no SQL in
+your tests). The DAG's outlet assets are made active first, as a scheduler makes the assets of
+the DAGs it parses: a task whose outlets name an inactive asset fails, and ``dag.test()`` does not
+activate them on every supported Airflow (3.0 does not).
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ def airflow_home_environ(home: str | os.PathLike[str], *, dags_folder: str | os.
     """The variables that make Airflow use ``home`` and nothing of yours: its own config file and
     SQLite DB (whatever ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` your shell has), no example DAGs,
     unit-test mode (so an operator's ``execute`` called directly does not warn that it runs outside
-    the Task Runner), and the DAGs folder."""
+    the Task Runner), a DAG-file import timeout of 120 s instead of 30 (a loaded CI machine), and
+    the DAGs folder."""
     home = Path(home).resolve()
     environ = {
         "AIRFLOW_HOME": str(home),
@@ -50,6 +54,10 @@ def airflow_home_environ(home: str | os.PathLike[str], *, dags_folder: str | os.
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
+        # The first DAG file a test process parses pays for importing Airflow's models; on a busy CI
+        # machine that alone has passed the default 30 s, and a file timed out mid-import breaks the
+        # imports of every file after it.
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
     }
     if dags_folder is not None:
         environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(dags_folder).resolve())
@@ -99,6 +107,9 @@ class DagRunResult:
     #: Every XCom of the run: task id (as in ``states``) -> key -> value. The extra links' XComs are
     #: there too, under their keys (``ecr_image``, ``ecr_repository``).
     xcoms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The extras of the asset events the run's tasks emitted, oldest first, by asset name
+    #: (``{"ecr://team/app:prod": [{"digest": ..., "image_uri": ..., "tags": [...], "moved": {...}}]}``).
+    asset_events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def xcom(self, task_id: str, key: str = "return_value") -> Any:
         """One XCom's value; the ``KeyError`` names the XComs the task has when it is not there."""
@@ -116,6 +127,30 @@ def _instance_name(task_id: str, map_index: int | None) -> str:
 
 def _state_name(state: Any) -> str | None:
     return None if state is None else str(getattr(state, "value", state))
+
+
+def _activate_outlet_assets(dag: Any) -> None:
+    from airflow.models.asset import AssetActive, AssetModel
+    from airflow.sdk import Asset
+    from airflow.utils.session import create_session
+
+    outlets = {
+        (outlet.name, outlet.uri): outlet
+        for task in dag.tasks
+        for outlet in getattr(task, "outlets", None) or ()
+        if isinstance(outlet, Asset)
+    }
+    if not outlets:
+        return
+    with create_session() as session:
+        for (name, uri), asset in outlets.items():
+            model = session.query(AssetModel).filter_by(name=name, uri=uri).one_or_none()
+            if model is None:
+                model = AssetModel(name=name, uri=uri, group=asset.group)
+                session.add(model)
+                session.flush()
+            if not session.query(AssetActive).filter_by(name=name, uri=uri).count():
+                session.add(AssetActive.for_asset(model))
 
 
 def run_dag(
@@ -141,6 +176,7 @@ def run_dag(
         tasks: an XCom they pull from a task left out is None), still through the Task Runner.
     """
     from airflow.models import DagBag
+    from airflow.models.asset import AssetEvent, AssetModel
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
@@ -157,10 +193,20 @@ def run_dag(
     options: dict[str, Any] = {"run_conf": dict(run_conf or {})}
     if logical_date is not None:
         options["logical_date"] = logical_date
+    _activate_outlet_assets(dag)
     dag_run = dag.test(**options)
     states = {_instance_name(ti.task_id, ti.map_index): _state_name(ti.state) for ti in dag_run.get_task_instances()}
     xcoms: dict[str, dict[str, Any]] = {}
     with create_session() as session:
         for row in session.query(XComModel).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id):
             xcoms.setdefault(_instance_name(row.task_id, row.map_index), {})[row.key] = XComModel.deserialize_value(row)
-    return DagRunResult(dag_id, dag_run.run_id, _state_name(dag_run.state) or "", states, xcoms)
+        asset_events: dict[str, list[dict[str, Any]]] = {}
+        emitted = (
+            session.query(AssetModel.name, AssetEvent.extra)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetEvent.source_dag_id == dag_run.dag_id, AssetEvent.source_run_id == dag_run.run_id)
+            .order_by(AssetEvent.timestamp, AssetEvent.id)
+        )
+        for name, extra in emitted:
+            asset_events.setdefault(name, []).append(dict(extra or {}))
+    return DagRunResult(dag_id, dag_run.run_id, _state_name(dag_run.state) or "", states, xcoms, asset_events)

@@ -20,9 +20,11 @@ import asyncio
 import collections
 import contextlib
 import gzip
+import heapq
 import importlib
 import json
 import os
+import threading
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -160,7 +162,7 @@ class EcrTagEventTrigger(AwsConnectionFields, BaseEventTrigger):
     ) -> AsyncIterator[TriggerEvent]:
         tag_watch, watch = await self._watch()
         memory = _StateStore(getattr(self, "asset_state_store", None), watch)
-        remembered = await memory.load()
+        remembered = await memory.load(self.log, backoff_limit=tag_watch.MAX_BACKOFF_SECONDS)
         self.log.info("Watching %s every %g s; %s", watch.describe(), self.poke_interval, memory.describe(remembered))
         writes = _InOrderWrites(memory, self.log)
         try:
@@ -205,12 +207,18 @@ def _load_endpoint_data_yielding() -> None:
     loader = getattr(base_aws, "_loader", None)
     if loader is None or not hasattr(loader, "file_loader"):
         return
-    default = loader.file_loader
-    loader.file_loader = _YieldingJSONFileLoader()
-    try:
-        loader.load_data_with_path("endpoints")
-    finally:
-        loader.file_loader = default
+    # Two first connections (two connection keys) in two worker threads: one swap at a time, or the
+    # second would save the first's stand-in as the default and put it back for good.
+    with _SHARED_LOADER_SWAP:
+        default = loader.file_loader
+        loader.file_loader = _YieldingJSONFileLoader()
+        try:
+            loader.load_data_with_path("endpoints")
+        finally:
+            loader.file_loader = default
+
+
+_SHARED_LOADER_SWAP = threading.Lock()
 
 
 class _YieldingJSONFileLoader:
@@ -269,7 +277,25 @@ class _StateStore:
         self.watch = watch
         self.accessors = _accessors(store)
 
-    async def load(self) -> Memory:
+    async def load(self, log: Any, *, backoff_limit: float) -> Memory:
+        """The memory as stored, read again until it can be: starting without it would take a new
+        baseline and never announce a change made while no triggerer ran."""
+        failures = 0
+        while True:
+            try:
+                return await self._read()
+            except Exception as error:
+                failures += 1
+                delay = min(2.0**failures, backoff_limit)
+                log.warning(
+                    "Could not read the memory of %s from the asset state store (%s); trying again in %.0f s",
+                    self.watch.describe(),
+                    error,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _read(self) -> Memory:
         remembered: Memory = {}
         for entry in self.watch.entries:
             for accessor in self.accessors:
@@ -310,8 +336,13 @@ def _accessors(store: Any) -> list[Any]:
     return [store]
 
 
+#: How many tags a log line lists; a glob may cover thousands, and the line is built in the loop.
+_LISTED_TAGS = 10
+
+
 def _listing(tags: dict[str, str]) -> str:
-    return ", ".join(f"{tag} at {digest}" for tag, digest in sorted(tags.items())) or "no tag"
+    shown = ", ".join(f"{tag} at {digest}" for tag, digest in heapq.nsmallest(_LISTED_TAGS, tags.items())) or "no tag"
+    return shown if len(tags) <= _LISTED_TAGS else f"{shown} and {len(tags) - _LISTED_TAGS:,} more"
 
 
 class _InOrderWrites:
