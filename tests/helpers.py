@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +32,20 @@ def tag_trigger(repository_name: str, tag: str, **overrides: Any) -> Any:
 
     params = {"poke_interval": 0.5, "timeout_at": time.time() + 60, **AWS}
     return EcrTagTrigger(**{**params, "repository_name": repository_name, "tag": tag, **overrides})
+
+
+@contextlib.asynccontextmanager
+async def client_made(sample_trigger: Any) -> AsyncIterator[None]:
+    """Hold the shared async client of ``sample_trigger``'s connection, made before the scenario's clock runs.
+
+    The first client of a process is built in a worker thread (botocore's models): 0.1 s on an
+    idle machine, over 1.5 s with both cores busy. A test of when the poller polls must not count
+    that; the triggers that join meanwhile share this client and keep it once the hold ends.
+    """
+    from airflow_ecr_retag.core.tag_poller import shared_client
+
+    async with shared_client(sample_trigger._client_key(), sample_trigger._connect):
+        yield
 
 
 async def first_event(trigger: Any) -> dict[str, Any]:

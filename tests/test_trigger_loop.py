@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from helpers import PollRecorder, first_event, tag_trigger
+from helpers import PollRecorder, client_made, first_event, tag_trigger
 
 from airflow_ecr_retag.core import tag_poller
 from airflow_ecr_retag.core.tag_poller import loop_state
@@ -213,16 +213,17 @@ def test_triggers_joining_over_time_share_the_next_round_instead_of_polling_alon
     joined = []
 
     async def scenario():
-        started = time.monotonic()
-        tasks = []
-        for i, at in enumerate(join_at):
-            await asyncio.sleep(max(0.0, started + at - time.monotonic()))
-            joined.append(time.monotonic())
-            tasks.append(asyncio.ensure_future(first_event(trigger(f"j{i}", poke_interval=interval))))
-        await asyncio.sleep(interval * 3.5)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        async with client_made(trigger("j0", poke_interval=interval)):  # joins are timed, not the client's build
+            started = time.monotonic()
+            tasks = []
+            for i, at in enumerate(join_at):
+                await asyncio.sleep(max(0.0, started + at - time.monotonic()))
+                joined.append(time.monotonic())
+                tasks.append(asyncio.ensure_future(first_event(trigger(f"j{i}", poke_interval=interval))))
+            await asyncio.sleep(interval * 3.5)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     asyncio.run(scenario())
     polls = [(e.at, e.waiters) for e in recorder.events if e.kind == "start"]

@@ -8,7 +8,7 @@ import json
 import time
 
 import pytest
-from helpers import PollRecorder, first_event, tag_trigger
+from helpers import PollRecorder, client_made, first_event, tag_trigger
 
 from airflow_ecr_retag.core.tag_poller import loop_state
 from airflow_ecr_retag.testing import build_image
@@ -43,7 +43,10 @@ def test_50_triggers_on_5_repositories_make_at_most_5_calls_per_interval(served,
     pushed = {}
 
     async def scenario():
-        tasks = [asyncio.ensure_future(first_event(trigger(repo, tag))) for repo, tag in waits]
+        repositories = sorted({r for r, _ in waits})
+        async with client_made(trigger(*waits[0])):  # the window counts polls, not the client's build
+            tasks = [asyncio.ensure_future(first_event(trigger(repo, tag))) for repo, tag in waits]
+            await until(lambda: all(recorder.times("start", r) for r in repositories))
         await asyncio.sleep(INTERVAL * 4 + 0.1)  # four intervals of "not yet"
         polls = {repo: recorder.times("start", repo) for repo in sorted({r for r, _ in waits})}
         waiting_calls = [c for c in served.requests if c.operation == "BatchGetImage"]
