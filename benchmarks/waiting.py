@@ -49,8 +49,15 @@ PROBE_PERIOD = 0.01
 #: 0.2 s (``[triggerer] blocked_main_thread_warning_threshold``); its watchdog wakes every 0.1 s.
 STALL_GOAL = 0.1
 PHASES = ("start", "waiting", "firing")
-#: (waits, repositories, start-up heap frozen) of the event-loop section.
-LOOP_CASES = ((1_000, 10, False), (10_000, 10, False), (10_000, 1, False), (10_000, 10, True))
+#: (waits, repositories, start-up heap frozen by the harness, ``[ecr_retag] freeze_settled_heap``) of the
+#: event-loop section.
+LOOP_CASES = (
+    (1_000, 10, False, False),
+    (10_000, 10, False, False),
+    (10_000, 1, False, False),
+    (10_000, 10, False, True),
+    (10_000, 1, False, True),
+)
 #: Runs of each event-loop case, interleaved (every case once, then again): the machine is shared,
 #: and a stall that only one run shows is the machine's, not the code's. Every run is reported.
 LOOP_RUNS = 2
@@ -271,7 +278,8 @@ async def child_main(case: dict, endpoint: str) -> dict:
     def start_of(tag: str, inflate: Callable[[], Awaitable[dict]]) -> Callable[[], Awaitable[None]]:
         return lambda: run_one(tag, inflate())
 
-    objects_before = len(gc.get_objects())
+    # Frozen objects are out of gc.get_objects(), still tracked: counted apart (freeze_settled_heap freezes the waits).
+    objects_before = len(gc.get_objects()) + gc.get_freeze_count()
     probe.phase = "start"
     started = time.monotonic()
     tasks = await start_like_the_triggerer(
@@ -293,7 +301,8 @@ async def child_main(case: dict, endpoint: str) -> dict:
     # around it start after the phase ended and end before the next one starts).
     probe.phase = "census"
     await asyncio.sleep(PROBE_PERIOD * 3)
-    objects_waiting = len(gc.get_objects())
+    objects_waiting = len(gc.get_objects()) + gc.get_freeze_count()
+    frozen_waiting = gc.get_freeze_count()
     await asyncio.sleep(PROBE_PERIOD * 3)
     probe.phase = "firing"
     # Push every tag, in four waves a quarter interval apart.
@@ -316,6 +325,13 @@ async def child_main(case: dict, endpoint: str) -> dict:
     probe_task.cancel()
     for task in pending:
         task.cancel()
+    # What gc.freeze() kept that a full collection would have freed: the unreachable objects a
+    # collection finds once they are back in its sight (after one that frees everything else).
+    await asyncio.gather(*tasks, return_exceptions=True)
+    gc.collect()
+    frozen_after = gc.get_freeze_count()
+    gc.unfreeze()
+    garbage_kept_frozen = gc.collect()
     latencies = [fired[t] - pushed[t] for t in fired if t in pushed]
     per_repo = [sum(1 for r, _ in waits if r == repo) for repo in repos]
     return {
@@ -335,6 +351,11 @@ async def child_main(case: dict, endpoint: str) -> dict:
         "cpu_share_waiting": cpu_share_waiting,
         "inflate_seconds": inflated,
         "tracked_objects_per_wait": (objects_waiting - objects_before) / n,
+        #: Objects out of the collector's sight while waiting (gc.freeze()).
+        "frozen_objects_waiting": frozen_waiting,
+        #: Once every wait ended: objects still frozen, and of those the garbage only a full collection frees.
+        "frozen_objects_after": frozen_after,
+        "garbage_kept_frozen": garbage_kept_frozen,
         #: (1, 5, 15-minute) load averages when the case started and when it ended.
         "load_average": [load_before, os.getloadavg()],
         "package": os.path.dirname(importlib.import_module("airflow_ecr_retag").__file__),
@@ -358,7 +379,12 @@ def run_child(case: dict, endpoint: str, package_root: str | None = None, mode: 
     case = {"interval": INTERVAL, "repositories": REPOSITORIES, "limit": 240.0, **case}
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.waiting", mode, json.dumps(case), endpoint],
-        env={**os.environ, **environ(endpoint)},
+        env={
+            **os.environ,
+            **environ(endpoint),
+            # The setting as a deployment sets it: the triggers read it through Airflow's configuration.
+            "AIRFLOW__ECR_RETAG__FREEZE_SETTLED_HEAP": str(bool(case.get("freeze_settled_heap"))),
+        },
         cwd=package_root or ROOT,  # ``-m`` puts the working directory first on the child's path
         capture_output=True,
         text=True,
@@ -367,7 +393,11 @@ def run_child(case: dict, endpoint: str, package_root: str | None = None, mode: 
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     line = next(line for line in out.stdout.splitlines() if line.startswith("RESULT="))
-    return {**json.loads(line[len("RESULT=") :]), "frozen_heap": bool(case.get("frozen_heap"))}
+    return {
+        **json.loads(line[len("RESULT=") :]),
+        "frozen_heap": bool(case.get("frozen_heap")),
+        "freeze_settled_heap": bool(case.get("freeze_settled_heap")),
+    }
 
 
 def run(endpoint: str, sizes: tuple[int, ...] = (1, 100, 1000), interval: float = INTERVAL) -> list[dict]:
@@ -377,12 +407,13 @@ def run(endpoint: str, sizes: tuple[int, ...] = (1, 100, 1000), interval: float 
 
 def run_loop(
     endpoint: str,
-    cases: tuple[tuple[int, int, bool], ...] = LOOP_CASES,
+    cases: tuple[tuple, ...] = LOOP_CASES,
     interval: float = INTERVAL,
     waiting_intervals: int = LOOP_WAITING_INTERVALS,
     package_root: str | None = None,
 ) -> list[dict]:
-    """The package design for each (waits, repositories, frozen start-up heap), with each phase's stalls."""
+    """The package design for each (waits, repositories, frozen start-up heap, freeze_settled_heap), with each
+    phase's stalls."""
     return [
         run_child(
             {
@@ -391,13 +422,20 @@ def run_loop(
                 "repositories": repositories,
                 "interval": interval,
                 "frozen_heap": frozen,
+                "freeze_settled_heap": settled,
                 "waiting_intervals": waiting_intervals,
             },
             endpoint,
             package_root,
         )
-        for n, repositories, frozen in cases
+        for n, repositories, frozen, settled in map(_loop_case, cases)
     ]
+
+
+def _loop_case(case: tuple) -> tuple[int, int, bool, bool]:
+    """(waits, repositories, frozen start-up heap[, freeze_settled_heap]): the setting is off unless given."""
+    n, repositories, frozen, *settled = case
+    return n, repositories, frozen, bool(settled and settled[0])
 
 
 def uptime() -> str:
@@ -422,7 +460,7 @@ def revision_tree(revision: str) -> Iterator[tuple[str, str]]:
 
 def run_loop_section(
     endpoint: str,
-    cases: tuple[tuple[int, int, bool], ...] = LOOP_CASES,
+    cases: tuple[tuple, ...] = LOOP_CASES,
     runs: int = LOOP_RUNS,
     before_revision: str | None = None,
     before: dict | None = None,
@@ -438,10 +476,13 @@ def run_loop_section(
     section = {"date": date, "uptime": [uptime()], "baseline": run_child({}, endpoint, mode="baseline"), "cases": []}
     for number in range(1, runs + 1):
         section["cases"] += [{**result, "run": number} for result in run_loop(endpoint, cases)]
-    section["cases"].sort(key=lambda r: (r["waits"], -r["repositories"], r["frozen_heap"], r["run"]))
+    section["cases"].sort(
+        key=lambda r: (r["waits"], r.get("freeze_settled_heap", False), -r["repositories"], r["frozen_heap"], r["run"])
+    )
     if before_revision:
         with revision_tree(before_revision) as (root, commit):
-            before_cases = tuple(case for case in cases if not case[2])  # frozen heap: a harness option, not a design
+            # A frozen heap is a harness option and the setting is new: neither is in the revision before.
+            before_cases = tuple(case for case in map(_loop_case, cases) if not case[2] and not case[3])
             before = {"commit": commit, "cases": run_loop(endpoint, before_cases, package_root=root)}
     section["uptime"].append(uptime())
     section["before"] = before
@@ -497,7 +538,8 @@ def report(results: list[dict]) -> str:
 def _case(r: dict) -> str:
     repos = f"{r['repositories']} repo{'s' if r['repositories'] > 1 else ''}"
     frozen = ", start-up heap frozen" if r.get("frozen_heap") else ""
-    return f"{r['waits']:,} over {repos}{frozen}" + (f", run {r['run']}" if "run" in r else "")
+    settled = ", `freeze_settled_heap`" if r.get("freeze_settled_heap") else ""
+    return f"{r['waits']:,} over {repos}{frozen}{settled}" + (f", run {r['run']}" if "run" in r else "")
 
 
 def _ms(seconds: float) -> str:
@@ -637,11 +679,18 @@ def notes_loop(results: list[dict]) -> str:
             if pauses
             else "no full collection"
         )
+        kept = (
+            f" {r['frozen_objects_waiting']:,} objects frozen while waiting; once every wait had ended,"
+            f" {r['frozen_objects_after']:,} still frozen, of which {r['garbage_kept_frozen']:,} garbage that only a"
+            f" full collection frees ({r['garbage_kept_frozen'] / r['waits']:.2f} per wait): what the freezes keep."
+            if r.get("freeze_settled_heap") and "garbage_kept_frozen" in r
+            else ""
+        )
         lines.append(
             f"- {_case(r)} (load {r['load_average'][0][0]:.1f} -> {r['load_average'][1][0]:.1f}): {verdict}."
             f" The most CPU the loop ran in one stretch outside collections: {_ms(cpu)} ms; {collected};"
             f" {r['rss_per_wait_kib']:.1f} KiB per wait; {r['calls_per_interval']:.1f} calls per interval"
-            f" (plan {r['planned_calls_per_interval']})."
+            f" (plan {r['planned_calls_per_interval']}).{kept}"
         )
     return "\n".join(lines)
 

@@ -122,6 +122,18 @@ def test_loop_benchmark_outcomes(double_env):
 
 
 @pytest.mark.timing
+def test_loop_benchmark_sets_freeze_settled_heap_for_the_triggers_it_runs(double_env):
+    endpoint, _ = double_env
+    off, on = waiting.run_loop(endpoint, cases=((120, 1, False, False), (120, 1, False, True)), waiting_intervals=1)
+    for r in (off, on):
+        assert r["fired"] == 120 and r["not_fired"] == 0 and r["fired_before_push"] == 0
+    assert (off["freeze_settled_heap"], on["freeze_settled_heap"]) == (False, True)
+    # The triggers read the setting from Airflow's configuration, as in a triggerer: frozen at 100 waits.
+    assert off["frozen_objects_waiting"] == 0 and on["frozen_objects_waiting"] > 0
+    assert "`freeze_settled_heap`" in waiting.report_loop([on])
+
+
+@pytest.mark.timing
 def test_loop_benchmark_runs_an_earlier_revision_with_this_harness(double_env):
     endpoint, _ = double_env
     with waiting.revision_tree("HEAD") as (root, commit):

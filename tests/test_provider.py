@@ -61,3 +61,20 @@ def test_top_level_import_does_not_load_boto3_or_the_amazon_provider():
 
 def test_package_ships_py_typed():
     assert (Path(airflow_ecr_retag.__file__).parent / "py.typed").exists()
+
+
+def test_airflow_config_knows_the_freeze_settled_heap_option(tmp_path):
+    def value(**environ: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "airflow", "config", "get-value", "ecr_retag", "freeze_settled_heap"],
+            env={**os.environ, "AIRFLOW_HOME": str(tmp_path), **environ},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        return out.stdout.strip().splitlines()[-1]
+
+    # Declared by the provider (get_provider_info()["config"]): a default without any airflow.cfg entry.
+    assert value() == "False"
+    assert value(AIRFLOW__ECR_RETAG__FREEZE_SETTLED_HEAP="True") == "True"

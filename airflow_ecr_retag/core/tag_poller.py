@@ -47,6 +47,7 @@ from typing import Any
 
 from airflow_ecr_retag.core import ecr
 from airflow_ecr_retag.core.errors import EcrPermanentError, error_code, is_permanent
+from airflow_ecr_retag.core.heap_freeze import SettledHeapFreezer
 from airflow_ecr_retag.core.limits import MAX_IMAGE_IDS
 from airflow_ecr_retag.core.tag_wait import TagWait, evaluate
 
@@ -455,6 +456,13 @@ class _LoopState:
         self.work = _TurnBudget(WORK_PER_TURN)
         self._outbox: collections.deque[tuple[Waiter, dict[str, Any]]] = collections.deque()
         self._handing_over: asyncio.Task | None = None
+        #: Waiters joined to this loop's pollers, and the opt-in freezer that follows their number.
+        self.waits = 0
+        self.heap = SettledHeapFreezer()
+
+    def count_wait(self, change: int) -> None:
+        self.waits += change
+        self.heap.waits_changed(self.waits)
 
     def hand_over(self, waiter: Waiter, event: dict[str, Any]) -> None:
         """Queue ``event`` for ``waiter``; outcomes are delivered a batch per loop turn."""
@@ -527,17 +535,23 @@ class joined:
     The poller uses the loop's shared client for ``key``, made with ``connect`` (an awaitable
     of an async context manager that gives the client, such as an Amazon provider hook's
     ``get_async_conn``) if there is none yet. Joining does not wait for the client: a failure
-    to make it is the waiter's outcome, an error event.
+    to make it is the waiter's outcome, an error event. ``freeze_heap`` turns on the loop's
+    :class:`~airflow_ecr_retag.core.heap_freeze.SettledHeapFreezer` (it stays on).
     """
 
-    __slots__ = ("_connect", "_key", "_poller", "_waiter")
+    __slots__ = ("_connect", "_freeze_heap", "_key", "_poller", "_waiter")
 
-    def __init__(self, key: ClientKey, connect: Callable[[], Awaitable[Any]], waiter: Waiter):
+    def __init__(
+        self, key: ClientKey, connect: Callable[[], Awaitable[Any]], waiter: Waiter, *, freeze_heap: bool = False
+    ):
         self._key, self._connect, self._waiter = key, connect, waiter
+        self._freeze_heap = freeze_heap
         self._poller: RepositoryPoller | None = None
 
     async def __aenter__(self) -> Waiter:
         state = loop_state()
+        if self._freeze_heap:
+            state.heap.enabled = True
         wait = self._waiter.wait
         poller_key = (self._key, wait.registry_id, wait.repository_name)
         poller = state.pollers.get(poller_key)
@@ -556,11 +570,13 @@ class joined:
         poller.add(self._waiter)
         self._poller = poller
         self._key = self._connect = None  # a waiting trigger holds as little as it can
+        state.count_wait(+1)
         return self._waiter
 
     async def __aexit__(self, *exc_info: object) -> None:
         poller, self._poller = self._poller, None
         poller.remove(self._waiter)
+        loop_state().count_wait(-1)
         closing, poller.closing = poller.closing, None
         if closing is not None:
             await closing

@@ -11,6 +11,7 @@ from airflow_ecr_retag.core.errors import error_code
 from airflow_ecr_retag.core.tag_poller import ClientKey, Waiter, joined
 from airflow_ecr_retag.core.tag_wait import TagWait
 from airflow_ecr_retag.triggers.connection import AwsConnectionFields
+from airflow_ecr_retag.triggers.heap import freeze_settled_heap
 
 
 class EcrTagTrigger(AwsConnectionFields, BaseTrigger):
@@ -22,7 +23,9 @@ class EcrTagTrigger(AwsConnectionFields, BaseTrigger):
     in BatchGetImage calls of at most 100 references. Throttling, server errors and dropped
     connections are logged and retried with backoff; the trigger does not die of them. A
     missing repository, access denied or another error a retry cannot fix ends the wait at
-    once with an error event.
+    once with an error event. With ``[ecr_retag] freeze_settled_heap`` set in the triggerer,
+    the waits' objects are kept out of the interpreter's full garbage collections
+    (:mod:`airflow_ecr_retag.core.heap_freeze`).
 
     Events: ``{"status": "success", "digest", "tag", "repository_name"}``,
     ``{"status": "error", "code", "message"}`` or ``{"status": "timeout", "message"}``.
@@ -93,7 +96,7 @@ class EcrTagTrigger(AwsConnectionFields, BaseTrigger):
         # What a waiting trigger holds, 10,000 of them at once: this frame, one waiter, one future.
         waiter = Waiter(self.wait, self.poke_interval, timeout_at=self.timeout_at)
         try:
-            async with joined(self._client_key(), self._connect, waiter):
+            async with joined(self._client_key(), self._connect, waiter, freeze_heap=freeze_settled_heap()):
                 event = await waiter.outcome
         except Exception as error:
             event = {"status": "error", "code": error_code(error) or type(error).__name__, "message": str(error)}
