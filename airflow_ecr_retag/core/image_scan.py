@@ -34,6 +34,7 @@ from datetime import datetime
 from typing import Any
 
 from airflow_ecr_retag.core import ecr, errors, validation
+from airflow_ecr_retag.core.backoff import backoff_seconds
 from airflow_ecr_retag.core.errors import (
     EcrPermanentError,
     EcrRetagError,
@@ -73,8 +74,6 @@ FIXABLE_VALUES = frozenset({"YES", "PARTIAL"})
 NO_FIXED_VERSION = "NotAvailable"
 #: Rows of the blocking-findings table in the log and the failure message.
 BLOCKING_TABLE_ROWS = 20
-#: The longest pause of the deferrable wait while ECR keeps failing transiently (throttling, 5xx).
-MAX_BACKOFF_SECONDS = 60.0
 _SEVERITY_RANK = {severity: rank for rank, severity in enumerate(FINDING_SEVERITIES)}
 
 
@@ -600,8 +599,8 @@ async def wait_for_scan(
     """Check every ``poke_interval`` until the gate decides or ``timeout_at`` passes: the trigger's event.
 
     Transient errors (throttling, 5xx, dropped connections) back off (doubling, at most
-    :data:`MAX_BACKOFF_SECONDS` or the interval); a permanent one, a failed scan or exceeded
-    thresholds end the wait with an error event (:func:`error_event`).
+    :data:`~airflow_ecr_retag.core.backoff.MAX_BACKOFF_SECONDS` or the interval); a permanent
+    one, a failed scan or exceeded thresholds end the wait with an error event (:func:`error_event`).
     """
     failures = 0
     last = "no check finished"
@@ -612,7 +611,7 @@ async def wait_for_scan(
             if is_permanent(error):
                 return error_event(error)
             failures += 1
-            delay = min(poke_interval * 2 ** (failures - 1), max(poke_interval, MAX_BACKOFF_SECONDS))
+            delay = backoff_seconds(poke_interval, failures)
             last = f"transient error: {error}"
             log.warning(
                 "Transient error reading the scan of %s (%s); next check in %.1f s", gate.image_label, error, delay

@@ -17,13 +17,10 @@ makes the task fail is :func:`hygiene_failure` of the report.
 
 from __future__ import annotations
 
-import fnmatch
-import functools
 import json
 import logging
 import math
-import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -251,17 +248,11 @@ def read_snapshot(client: Any, request: HygieneRequest, log: Any = _module_log) 
 
 
 # ---------------------------------------------------------------------- deciding
-@functools.lru_cache(maxsize=256)
-def _matcher(pattern: str) -> Callable[[str], Any]:
-    """``fnmatch.fnmatchcase`` against ``pattern``, compiled once (millions of tags a run)."""
-    return re.compile(fnmatch.translate(pattern)).match
-
-
 def select(snapshot: Snapshot, rules: Sequence[Rule], now: datetime) -> dict[str, str]:
     """Every tag some rule selects, with its digest (protection is applied afterwards)."""
     selected: dict[str, str] = {}
     for rule in rules:
-        matches = _matcher(rule.tag_pattern)
+        matches = validation.glob_matcher(rule.tag_pattern)
         carriers = []  # (digest, record, its tags matching the rule)
         for digest, record in snapshot.images.items():
             matching = [t for t in record.tags if matches(t)]
@@ -281,7 +272,7 @@ def select(snapshot: Snapshot, rules: Sequence[Rule], now: datetime) -> dict[str
 
 
 def _protected(tag: str, patterns: Iterable[str]) -> bool:
-    return any(_matcher(p)(tag) for p in patterns)
+    return any(validation.glob_matcher(p)(tag) for p in patterns)
 
 
 def apply_protection(selected: dict[str, str], patterns: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
@@ -339,7 +330,7 @@ def survivor(tags: Sequence[str], preference: Sequence[str] = ()) -> str:
     """The tag an image keeps: one matching the first ``preference`` glob that any tag matches,
     else any; among those the highest-sorting, which is stable across runs."""
     for pattern in preference:
-        matching = [t for t in tags if _matcher(pattern)(t)]
+        matching = [t for t in tags if validation.glob_matcher(pattern)(t)]
         if matching:
             return max(matching)
     return max(tags)
@@ -581,7 +572,7 @@ def resolve_repositories(client: Any, request: HygieneRequest, log: Any = _modul
         existing = [r["repositoryName"] for page in ecr.list_repositories(client, request.registry_id) for r in page]
         log.info("Read %d repositories of the registry", len(existing))
         for pattern in selection.globs:
-            matched = [name for name in existing if _matcher(pattern)(name)]
+            matched = [name for name in existing if validation.glob_matcher(pattern)(name)]
             if not matched:
                 where = f"registry {request.registry_id}" if request.registry_id else "the registry"
                 raise InvalidInputError(

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_ecr_retag.core import ecr
+from airflow_ecr_retag.core.backoff import backoff_seconds
 from airflow_ecr_retag.core.errors import EcrPermanentError, error_code, is_permanent
 from airflow_ecr_retag.core.heap_freeze import SettledHeapFreezer
 from airflow_ecr_retag.core.limits import MAX_IMAGE_IDS
@@ -53,8 +54,6 @@ from airflow_ecr_retag.core.tag_wait import TagWait, evaluate
 
 log = logging.getLogger(__name__)
 
-#: The longest pause between polls while ECR keeps failing transiently (throttling, 5xx).
-MAX_BACKOFF_SECONDS = 60.0
 #: A waiter due within this share of its interval rides along with the current poll.
 RIDE_ALONG_SHARE = 0.25
 #: A new poller's first poll waits this long, so waiters joining together share it (a
@@ -388,9 +387,10 @@ class RepositoryPoller:
         if not all(isinstance(error, Exception) for error in errors):
             raise next(error for error in errors if not isinstance(error, Exception))
         self._failures_in_a_row += 1
-        backoff = min(
-            min(w.poke_interval for w in due) * 2 ** (self._failures_in_a_row - 1),
-            max(max(w.poke_interval for w in due), MAX_BACKOFF_SECONDS),
+        backoff = backoff_seconds(
+            min(w.poke_interval for w in due),
+            self._failures_in_a_row,
+            longest_interval=max(w.poke_interval for w in due),
         )
         log.warning(
             "Transient error polling %s (%s); whole poller backs off %.1f s", self.repository_name, errors[0], backoff

@@ -31,22 +31,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import fnmatch
-import functools
 import logging
-import re
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from airflow_ecr_retag.core import ecr, validation
+from airflow_ecr_retag.core.backoff import MAX_BACKOFF_SECONDS, backoff_seconds
 from airflow_ecr_retag.core.errors import EcrPermanentError, is_permanent
 from airflow_ecr_retag.core.limits import MAX_IMAGE_IDS
 from airflow_ecr_retag.core.promotion import image_uri
 from airflow_ecr_retag.core.tag_poller import (
     JOIN_GATHER_SECONDS,
-    MAX_BACKOFF_SECONDS,
     ClientKey,
     Waiter,
     joined,
@@ -84,7 +81,7 @@ class TagWatch:
     def covering(self, tag: str) -> list[str]:
         """The entries that cover ``tag``: its name, and every glob that matches it (``fnmatch``, case-sensitive)."""
         covered = [tag] if tag in self.entries else []
-        return covered + [entry for entry in self.globs if _matcher(entry)(tag)]
+        return covered + [entry for entry in self.globs if validation.glob_matcher(entry)(tag)]
 
     def memory_key(self, entry: str) -> str:
         return f"{MEMORY_KEY_PREFIX}{self.registry_id or '-'}/{self.repository_name}:{entry}"
@@ -139,11 +136,6 @@ ABSENT_FAILURE_CODE = "ImageNotFound"
 Memory = dict[str, dict[str, str]]
 
 
-@functools.lru_cache(maxsize=1024)
-def _matcher(pattern: str) -> Callable[[str], Any]:
-    return re.compile(fnmatch.translate(pattern)).match
-
-
 def judge(memory: Memory, observation: Observation) -> tuple[list[Change], Memory]:
     """The changes ``observation`` shows against ``memory``, and the entries whose memory it updates.
 
@@ -186,7 +178,7 @@ async def observe(
                 yield observation
         except Exception as error:
             failures += 1
-            backoff = min(poke_interval * 2 ** (failures - 1), max(poke_interval, MAX_BACKOFF_SECONDS))
+            backoff = backoff_seconds(poke_interval, failures, cap=MAX_BACKOFF_SECONDS)
             if is_permanent(error):
                 backoff = max(poke_interval, MAX_BACKOFF_SECONDS)
                 log.error("Watching %s failed: %s; trying again in %.0f s", watch.describe(), error, backoff)

@@ -7,9 +7,12 @@ and the rule, and runs on rendered values in ``execute`` before any ECR call.
 from __future__ import annotations
 
 import ast
+import fnmatch
+import functools
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from airflow_ecr_retag.core.errors import InvalidInputError
@@ -383,6 +386,12 @@ GLOB_CHARACTERS = frozenset("*?[")
 def is_glob(value: str) -> bool:
     """Whether a repository name or a tag is a glob (no repository name or tag has a wildcard)."""
     return any(c in GLOB_CHARACTERS for c in value)
+
+
+@functools.lru_cache(maxsize=1024)
+def glob_matcher(pattern: str) -> Callable[[str], Any]:
+    """``fnmatch.fnmatchcase`` against ``pattern`` (case-sensitive), compiled once: a run matches millions of tags."""
+    return re.compile(fnmatch.translate(pattern)).match
 
 
 def repository_glob(value: Any, field: str = "repository_name") -> str:
