@@ -92,6 +92,7 @@ def recorded_collector(monkeypatch):
     freeze_settled_heap.cache_clear()
 
 
+@pytest.mark.timing  # real triggers against the double's server, to their events: proven under load
 @pytest.mark.parametrize("setting", [None, "False", "True"])
 def test_tag_triggers_freeze_only_with_the_setting(ecr_double_server, recorded_collector, monkeypatch, setting):
     if setting is None:
