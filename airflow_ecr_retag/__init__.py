@@ -94,11 +94,13 @@ def get_provider_info() -> dict[str, Any]:
                 "options": {
                     OPTION: {
                         "description": (
-                            "In the triggerer: as this package's waits grow (100, then each time by a quarter), "
-                            "call gc.freeze() so the interpreter's full garbage collections walk only what came "
-                            "after, not every waiting trigger and Airflow's modules. At 10,000 waits this keeps "
-                            "those collections from stopping the triggerer's event loop for 150-330 ms. "
-                            "Process-wide; unfrozen when the waits fall under a quarter of those frozen."
+                            "In the triggerer: as this package's waits grow (100, then each new high by a "
+                            "quarter), call gc.freeze() so the interpreter's full garbage collections walk only "
+                            "what came after, not every waiting trigger and Airflow's modules. At 10,000 waits "
+                            "this keeps those collections from stopping the triggerer's event loop for 90-330 ms "
+                            "(4-8 ms with it). Process-wide and never unfrozen: a reference cycle that became "
+                            "garbage among frozen objects stays until the process ends (about 0.3 objects per "
+                            "finished wait, measured)."
                         ),
                         "version_added": "0.1.0",
                         "type": "boolean",

@@ -23,7 +23,8 @@ for _name, _value in {
     "AWS_DEFAULT_REGION": "us-east-1",
 }.items():
     os.environ[_name] = _value
-for _name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_ECR"):
+# The opt-in heap freeze would call gc.freeze() in pytest's own process: tests that want it set it.
+for _name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_ECR", "AIRFLOW__ECR_RETAG__FREEZE_SETTLED_HEAP"):
     os.environ.pop(_name, None)
 
 

@@ -25,11 +25,18 @@ class RecordingCollector:
         self.freezes: list[int] = []
         self.waits = 0
 
-    def freeze(self) -> None:
-        self.freezes.append(self.waits)
+        self.young_collections_before_freeze = 0
+        self._young_collected = False
 
-    def get_freeze_count(self) -> int:
-        return 1000 * len(self.freezes)
+    def collect(self, generation: int) -> int:
+        assert generation == 1  # a freeze never pays for a full collection
+        self._young_collected = True
+        return 0
+
+    def freeze(self) -> None:
+        self.young_collections_before_freeze += self._young_collected
+        self._young_collected = False
+        self.freezes.append(self.waits)
 
 
 def follow(freezer: SettledHeapFreezer, collector: RecordingCollector, counts: list[int]) -> None:
@@ -52,6 +59,7 @@ def test_freezes_at_100_waits_then_at_each_new_high_by_a_quarter():
     assert all(b == math.ceil(a * 1.25) for a, b in itertools.pairwise(collector.freezes))
     assert freezer.frozen_at_waits == collector.freezes[-1] and collector.freezes[-1] * 1.25 > 10_000
     assert len(collector.freezes) == 21  # 10,000 waits, one at a time: 21 freezes in all
+    assert collector.young_collections_before_freeze == 21  # the young generations' garbage is not frozen
 
 
 def test_waits_falling_and_rising_again_below_the_high_do_not_freeze_again():
@@ -117,3 +125,27 @@ def test_tag_triggers_freeze_only_with_the_setting(ecr_double_server, recorded_c
         assert recorded_collector.freezes and frozen_at == FREEZE_FROM_WAITS + 25  # 100, then 125
     else:
         assert recorded_collector.freezes == [] and frozen_at == 0
+
+
+def test_a_setting_that_is_not_a_boolean_is_off_and_logged_once(recorded_collector, monkeypatch, caplog):
+    monkeypatch.setenv("AIRFLOW__ECR_RETAG__FREEZE_SETTLED_HEAP", "sometimes")
+    assert freeze_settled_heap() is False
+    assert freeze_settled_heap() is False
+    errors = [r for r in caplog.records if "freeze_settled_heap is ignored" in r.getMessage()]
+    assert len(errors) == 1 and "sometimes" in errors[0].getMessage()
+
+
+def test_cancelled_waits_leave_the_count(ecr_double_server, recorded_collector, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__ECR_RETAG__FREEZE_SETTLED_HEAP", "True")
+    ecr_double_server.create_repository("team/many")
+
+    async def scenario():
+        tasks = [asyncio.ensure_future(first_event(tag_trigger("team/many", f"t{i}"))) for i in range(150)]
+        while loop_state().waits < len(tasks):
+            await asyncio.sleep(0.01)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return loop_state().waits, loop_state().heap.frozen_at_waits
+
+    assert asyncio.run(scenario()) == (0, 125)  # the count came back to 0; the high stays

@@ -67,7 +67,11 @@ def test_airflow_config_knows_the_freeze_settled_heap_option(tmp_path):
     def value(**environ: str) -> str:
         out = subprocess.run(
             [sys.executable, "-m", "airflow", "config", "get-value", "ecr_retag", "freeze_settled_heap"],
-            env={**os.environ, "AIRFLOW_HOME": str(tmp_path), **environ},
+            env={
+                **{k: v for k, v in os.environ.items() if k != "AIRFLOW__ECR_RETAG__FREEZE_SETTLED_HEAP"},
+                "AIRFLOW_HOME": str(tmp_path),
+                **environ,
+            },
             capture_output=True,
             text=True,
             timeout=300,

@@ -575,8 +575,10 @@ class joined:
 
     async def __aexit__(self, *exc_info: object) -> None:
         poller, self._poller = self._poller, None
-        poller.remove(self._waiter)
-        loop_state().count_wait(-1)
+        try:
+            poller.remove(self._waiter)
+        finally:
+            loop_state().count_wait(-1)
         closing, poller.closing = poller.closing, None
         if closing is not None:
             await closing
